@@ -1,0 +1,126 @@
+"""One interface over diffusion-LM families: ids containing the mask token → logits aligned
+with the input positions.
+
+Families:
+
+* ``llada`` — LLaDA / LLaDA-1.5 / MMaDA style remote-code checkpoints and the embedded
+  tiny model: the logit at position i predicts token i (no shift). Mask id from the
+  config (``mask_token_id``) or LLaDA's 126336.
+* ``dream`` — Dream-7B style checkpoints trained from an autoregressive init: the logit
+  at position i predicts token i+1, so logits are shifted right by one position.
+* ``bidirectional`` — any transformers model run with bidirectional attention (e.g.
+  ModernBERT, Gemma with ``use_bidirectional_attention=True``): no shift, mask id from
+  the tokenizer.
+
+The family is detected from the config (``model_type`` / ``architectures``) and can
+always be overridden with ``family=``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+FAMILIES = ("llada", "dream", "bidirectional")
+LLADA_MASK_ID = 126336
+
+_LLADA_HINTS = ("llada", "mmada", "dlm_trl_tiny")
+_DREAM_HINTS = ("dream",)
+_BIDIRECTIONAL_HINTS = ("modernbert", "bert", "roberta", "deberta", "electra")
+
+
+class UnknownModelFamilyError(ValueError):
+    pass
+
+
+def detect_family(config: Any) -> str:
+    """Guess the family of a transformers config; raise with the override to use if unsure."""
+    names = [str(getattr(config, "model_type", "") or "").lower()]
+    names += [str(a).lower() for a in (getattr(config, "architectures", None) or [])]
+    joined = " ".join(names)
+    if any(h in joined for h in _LLADA_HINTS):
+        return "llada"
+    if any(h in joined for h in _DREAM_HINTS):
+        return "dream"
+    if getattr(config, "use_bidirectional_attention", False) or any(h in joined for h in _BIDIRECTIONAL_HINTS):
+        return "bidirectional"
+    raise UnknownModelFamilyError(
+        f"cannot tell which diffusion-LM family model_type={names[0]!r} "
+        f"(architectures={getattr(config, 'architectures', None)}) belongs to. "
+        f"Pass family=one of {FAMILIES} (command line: --model_family). Only models that predict "
+        "masked tokens with bidirectional attention can be used."
+    )
+
+
+def resolve_mask_token_id(config: Any, tokenizer: Any = None, family: str | None = None) -> int:
+    """Mask id: config ``mask_token_id`` → tokenizer ``mask_token_id`` → LLaDA's default."""
+    for src in (config, tokenizer):
+        mid = getattr(src, "mask_token_id", None) if src is not None else None
+        if isinstance(mid, int):
+            return mid
+    if family == "llada":
+        return LLADA_MASK_ID
+    raise ValueError(
+        "no mask token: neither the model config nor the tokenizer defines mask_token_id. "
+        "Pass mask_token_id=... (command line: --mask_token_id) or use a tokenizer with a mask token."
+    )
+
+
+@dataclass
+class DLM:
+    """A diffusion LM seen through one interface.
+
+    ``dlm(input_ids [B, T], attention_mask=None) -> logits [B, T, V]`` where the logit at
+    position i is the model's distribution for the (masked) token at position i.
+    ``module`` is the underlying ``nn.Module`` (possibly wrapped by PEFT/DeepSpeed).
+    """
+
+    module: Any
+    mask_token_id: int
+    family: str = "llada"
+    eos_token_id: int | None = None
+    pass_attention_mask: bool = True
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown family {self.family!r}; choose one of {FAMILIES}")
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        kwargs = {}
+        if attention_mask is not None and self.pass_attention_mask:
+            kwargs["attention_mask"] = attention_mask
+        out = self.module(input_ids=input_ids, **kwargs)
+        logits = out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, tuple) else out)  # [B, T, V]
+        if self.family == "dream":
+            # Dream: logits[i] predicts token i+1 → aligned logits for i come from i-1.
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    @classmethod
+    def wrap(
+        cls,
+        module: Any,
+        *,
+        tokenizer: Any = None,
+        family: str | None = None,
+        mask_token_id: int | None = None,
+    ) -> DLM:
+        """Wrap a loaded model, detecting family and mask id from its config unless given."""
+        if isinstance(module, DLM):
+            return module
+        config = getattr(module, "config", None)
+        family = family or detect_family(config)
+        if mask_token_id is None:
+            mask_token_id = resolve_mask_token_id(config, tokenizer, family)
+        eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
+        if eos is None and config is not None:
+            eos = getattr(config, "eos_token_id", None)
+            if isinstance(eos, list):
+                eos = eos[0]
+        return cls(module=module, mask_token_id=int(mask_token_id), family=family, eos_token_id=eos)
