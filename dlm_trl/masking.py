@@ -151,6 +151,7 @@ def sft_loss(
     generator: Generators = None,
     eps: float = 1e-3,
     attention_mask: torch.Tensor | None = None,
+    t: torch.Tensor | None = None,  # [B] optional, e.g. from sample_times(stratified=True)
 ) -> torch.Tensor:
     """LLaDA's SFT objective (arXiv 2502.09992, eq. for conditional SFT).
 
@@ -160,7 +161,7 @@ def sft_loss(
     """
     B, T = input_ids.shape
     maskable = completion_maskable(prompt_lengths, T)  # [B, T]
-    noisy, mask, t = forward_process(input_ids, maskable, mask_token_id, generator=generator, eps=eps)
+    noisy, mask, t = forward_process(input_ids, maskable, mask_token_id, t=t, generator=generator, eps=eps)
     out = model(noisy, attention_mask=attention_mask) if attention_mask is not None else model(noisy)
     logits = out.logits if hasattr(out, "logits") else out  # [B, T, V]
     ce = -token_log_probs(logits, input_ids)  # [B, T]

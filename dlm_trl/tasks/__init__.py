@@ -1,0 +1,82 @@
+"""Verifiable tasks: generators (Countdown, 4×4 Sudoku) and a GSM8K loader.
+
+``get_task(name)`` returns a :class:`Task`; ``task.dataset(split, n, seed)`` gives a
+``datasets.Dataset`` in TRL's conversational format (column ``prompt``) plus the columns
+its reward reads. Correctness is decided by the task's reward plugin (entry-point group
+``dlm_trl.rewards``): an answer is correct when that reward returns its maximum, 1.0.
+**Countdown is the default task.**
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import countdown, gsm8k, sudoku
+
+DEFAULT_TASK = "countdown"
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    reward: str  # entry-point name of the reward that verifies answers
+    generator: Callable[..., list[dict]]
+    columns: tuple[str, ...]  # columns the reward reads
+    gen_length: int  # default generation length for the embedded model
+    block_length: int
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def rows(self, split: str = "train", num_samples: int | None = 256, seed: int = 0, **kwargs) -> list[dict]:
+        return self.generator(split, num_samples, seed, **kwargs)
+
+    def dataset(self, split: str = "train", num_samples: int | None = 256, seed: int = 0, **kwargs):
+        from datasets import Dataset
+
+        return Dataset.from_list(self.rows(split, num_samples, seed, **kwargs))
+
+    def reward_fn(self):
+        from ..registry import load_reward
+
+        return load_reward(self.reward)
+
+    def score(self, completions: list[str], rows: list[dict]) -> list[float]:
+        """Reward of each completion for its row (TRL reward signature underneath)."""
+        fn = self.reward_fn()
+        kwargs = {c: [r[c] for r in rows] for c in self.columns}
+        scores = fn(prompts=[r["prompt"] for r in rows], completions=completions, **kwargs)
+        return [0.0 if s is None else float(s) for s in scores]
+
+    def correct(self, completions: list[str], rows: list[dict]) -> list[bool]:
+        return [s >= 1.0 - 1e-9 for s in self.score(completions, rows)]
+
+
+TASKS: dict[str, Task] = {
+    "countdown": Task(
+        "countdown", "countdown", countdown.generate, ("numbers", "target"), gen_length=48, block_length=16,
+        description="three numbers and a target; an equation using each number once",
+    ),
+    "sudoku": Task(
+        "sudoku", "sudoku", sudoku.generate, ("puzzle", "solution"), gen_length=128, block_length=32,
+        description="4x4 Sudoku with a unique solution",
+    ),
+    "gsm8k": Task(
+        "gsm8k", "math_accuracy", gsm8k.generate, ("answer",), gen_length=256, block_length=32,
+        description="GSM8K grade-school math from ../shared/data/gsm8k",
+    ),
+}
+
+
+def get_task(name: str | None = None) -> Task:
+    name = name or DEFAULT_TASK
+    if name not in TASKS:
+        close = difflib.get_close_matches(name, TASKS, n=2, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"unknown task {name!r}.{hint} Available: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+__all__ = ["DEFAULT_TASK", "TASKS", "Task", "countdown", "get_task", "gsm8k", "sudoku"]

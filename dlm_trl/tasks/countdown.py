@@ -1,0 +1,130 @@
+"""Countdown with three numbers (the d1 / TinyZero task, scaled to the embedded model).
+
+A puzzle is three numbers and a target; an answer is an arithmetic expression that uses
+each number exactly once with ``+ - * /`` and evaluates to the target. Puzzles are made
+by drawing numbers and a random expression tree, so every puzzle has a known solution.
+Puzzles are assigned to ``train`` / ``test`` by a hash of their content, so the two
+splits never share a puzzle, whatever the seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from fractions import Fraction
+
+from .prompts import completion_text, user_turn
+
+OPS = ("+", "-", "*", "/")
+
+
+def _apply(a: Fraction, op: str, b: Fraction) -> Fraction | None:
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    return a / b if b != 0 else None
+
+
+def question(numbers: list[int], target: int) -> str:
+    return (
+        f"Using the numbers {list(numbers)}, write an equation that equals {target}. "
+        "Use +, -, * or / and each number exactly once."
+    )
+
+
+def split_of(numbers: list[int], target: int, test_fraction: float = 0.2) -> str:
+    key = f"countdown:{sorted(numbers)}:{target}".encode()
+    bucket = int.from_bytes(hashlib.sha256(key).digest()[:4], "big") / 2**32
+    return "test" if bucket < test_fraction else "train"
+
+
+def make_puzzle(rng: random.Random, *, max_number: int = 15, max_target: int = 99) -> dict | None:
+    """One puzzle ``{numbers, target, solution, reasoning}`` or ``None`` if the draw is rejected."""
+    nums = [rng.randint(1, max_number) for _ in range(3)]
+    a, b, c = rng.sample(nums, 3)
+    op1, op2 = rng.choice(OPS), rng.choice(OPS)
+    left_first = rng.random() < 0.5  # (a op1 b) op2 c   or   c op2 (a op1 b)
+    x = _apply(Fraction(a), op1, Fraction(b))
+    if x is None or x.denominator != 1 or x < 0:
+        return None
+    y = _apply(x, op2, Fraction(c)) if left_first else _apply(Fraction(c), op2, x)
+    if y is None or y.denominator != 1 or not (1 <= y <= max_target):
+        return None
+    x, y = int(x), int(y)
+    inner = f"{a}{op1}{b}"
+    if left_first:
+        bare, wrapped, step2 = f"{inner}{op2}{c}", f"({inner}){op2}{c}", f"{x}{op2}{c}={y}"
+    else:
+        bare, wrapped, step2 = f"{c}{op2}{inner}", f"{c}{op2}({inner})", f"{c}{op2}{x}={y}"
+    expr = bare if _value(bare) == y else wrapped
+    return {"numbers": nums, "target": y, "solution": expr, "reasoning": f"{inner}={x}, {step2}"}
+
+
+def _value(expr: str) -> Fraction | None:
+    """Exact value of a generated expression (digits, + - * / and parentheses only)."""
+    tokens = re.findall(r"\d+|[-+*/()]", expr)
+    pos = 0
+
+    def atom():
+        nonlocal pos
+        tok = tokens[pos]
+        pos += 1
+        if tok == "(":
+            v = add()
+            pos += 1  # ')'
+            return v
+        return Fraction(int(tok))
+
+    def mul():
+        nonlocal pos
+        v = atom()
+        while pos < len(tokens) and tokens[pos] in "*/":
+            op = tokens[pos]
+            pos += 1
+            v = _apply(v, op, atom()) if v is not None else None
+        return v
+
+    def add():
+        nonlocal pos
+        v = mul()
+        while pos < len(tokens) and tokens[pos] in "+-":
+            op = tokens[pos]
+            pos += 1
+            rhs = mul()
+            v = _apply(v, op, rhs) if v is not None and rhs is not None else None
+        return v
+
+    return add()
+
+
+def generate(split: str, num_samples: int, seed: int = 0, **kwargs) -> list[dict]:
+    """``num_samples`` distinct puzzles of ``split`` ("train" or "test"), deterministic in ``seed``."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    rng = random.Random(f"countdown-{seed}")
+    rows, seen = [], set()
+    attempts = 0
+    while len(rows) < num_samples:
+        attempts += 1
+        if attempts > 200 * num_samples + 10_000:
+            raise RuntimeError(f"could not draw {num_samples} distinct countdown puzzles for split {split!r}")
+        p = make_puzzle(rng, **kwargs)
+        if p is None:
+            continue
+        key = (tuple(sorted(p["numbers"])), p["target"])
+        if key in seen or split_of(p["numbers"], p["target"]) != split:
+            continue
+        seen.add(key)
+        rows.append(
+            {
+                "prompt": user_turn(question(p["numbers"], p["target"])),
+                "numbers": p["numbers"],
+                "target": p["target"],
+                "reference": completion_text(p["reasoning"], p["solution"]),
+            }
+        )
+    return rows
