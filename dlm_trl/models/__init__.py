@@ -40,6 +40,7 @@ __all__ = [
     "detect_family",
     "load",
     "load_model",
+    "load_with_adapter",
     "load_tokenizer",
     "resolve_mask_token_id",
     "resolve_path",
@@ -121,3 +122,17 @@ def load(
     tokenizer = load_tokenizer(name_or_path)
     model = load_model(name_or_path, dtype=dtype, device=device, **kwargs)
     return DLM.wrap(model, tokenizer=tokenizer, family=family, mask_token_id=mask_token_id), tokenizer
+
+
+def load_with_adapter(
+    name_or_path: str, adapter_path: str, *, family: str | None = None, device=None, merge: bool = True, **kwargs: Any
+) -> tuple[DLM, Any]:
+    """Load a base model plus a PEFT (LoRA) adapter saved by a training run."""
+    from peft import PeftModel
+
+    tokenizer = load_tokenizer(name_or_path)
+    base = load_model(name_or_path, device=device, **kwargs)
+    model = PeftModel.from_pretrained(base, adapter_path)
+    if merge:
+        model = model.merge_and_unload()
+    return DLM.wrap(model, tokenizer=tokenizer, family=family), tokenizer

@@ -1,0 +1,86 @@
+import random
+
+import pytest
+
+from dlm_trl.tasks import TASKS, get_task
+from dlm_trl.tasks import countdown, gsm8k, sudoku
+from dlm_trl.tasks.gsm8k import extract_final_answer
+
+
+def _answer(reference: str) -> str:
+    return reference.split("<answer>\n", 1)[1].split("\n</answer>", 1)[0]
+
+
+def test_countdown_reference_solutions_verify_and_corruptions_do_not():
+    task = get_task("countdown")
+    rows = task.rows("test", 300, seed=3)
+    assert task.correct([r["reference"] for r in rows], rows) == [True] * len(rows)
+    rng = random.Random(0)
+    corrupted = []
+    for r in rows:
+        ans = _answer(r["reference"])
+        digits = [i for i, ch in enumerate(ans) if ch.isdigit()]
+        i = rng.choice(digits)
+        bad = ans[:i] + str((int(ans[i]) + 1) % 10) + ans[i + 1 :]  # changes a number → uses wrong numbers
+        corrupted.append(r["reference"].replace(f"<answer>\n{ans}\n", f"<answer>\n{bad}\n"))
+    assert not any(task.correct(corrupted, rows))
+
+
+def test_countdown_puzzles_are_well_formed():
+    rows = countdown.generate("train", 500, seed=0)
+    for r in rows:
+        assert len(r["numbers"]) == 3 and all(1 <= n <= 15 for n in r["numbers"])
+        assert 1 <= r["target"] <= 99
+        assert countdown._value(_answer(r["reference"])) == r["target"]
+    assert len({(tuple(sorted(r["numbers"])), r["target"]) for r in rows}) == 500
+
+
+def test_splits_are_disjoint_and_seeded():
+    tr = countdown.generate("train", 2000, seed=0)
+    te = countdown.generate("test", 400, seed=0)
+    key = lambda r: (tuple(sorted(r["numbers"])), r["target"])  # noqa: E731
+    assert not {key(r) for r in tr} & {key(r) for r in te}
+    assert countdown.generate("test", 50, seed=1) == countdown.generate("test", 50, seed=1)
+    assert countdown.generate("test", 50, seed=1) != countdown.generate("test", 50, seed=2)
+    s_tr = {r["puzzle"] for r in sudoku.generate("train", 300, seed=0)}
+    s_te = {r["puzzle"] for r in sudoku.generate("test", 100, seed=0)}
+    assert not s_tr & s_te
+    with pytest.raises(ValueError, match="split"):
+        countdown.generate("valid", 3)
+
+
+def test_sudoku_unique_and_reference_verifies_corruption_does_not():
+    task = get_task("sudoku")
+    rows = task.rows("test", 100, seed=0)
+    for r in rows:
+        assert sudoku.count_solutions(r["puzzle"], limit=2) == 1
+        assert sudoku.is_valid_solution(r["solution"])
+        assert all(p in ("0", s) for p, s in zip(r["puzzle"], r["solution"]))
+    assert task.correct([r["reference"] for r in rows], rows) == [True] * len(rows)
+    bad = []
+    for r in rows:
+        i = r["puzzle"].index("0")  # corrupt an empty cell the model had to fill
+        sol = r["solution"]
+        wrong = sol[:i] + str(int(sol[i]) % 4 + 1) + sol[i + 1 :]
+        bad.append(r["reference"].replace(f"<answer>\n{sol}\n", f"<answer>\n{wrong}\n"))
+    assert not any(task.correct(bad, rows))
+    assert not sudoku.is_valid_solution("1234" * 4)
+
+
+def test_gsm8k_loader_reads_shared_data():
+    try:
+        rows = gsm8k.generate("test", None)
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    assert len(rows) == 1319
+    assert all(r["target"] == extract_final_answer(r["answer"]) for r in rows[:50])
+    assert rows[0]["prompt"][0]["role"] == "user"
+    assert extract_final_answer("so 1,234 apples\n#### 1,234") == "1234"
+    with pytest.raises(ValueError, match="####"):
+        extract_final_answer("no final line")
+
+
+def test_unknown_task_suggests():
+    with pytest.raises(ValueError, match="countdown"):
+        get_task("countdwn")
+    assert get_task().name == "countdown" and set(TASKS) == {"countdown", "sudoku", "gsm8k"}
