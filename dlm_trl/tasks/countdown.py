@@ -31,8 +31,7 @@ def _apply(a: Fraction, op: str, b: Fraction) -> Fraction | None:
 
 def question(numbers: list[int], target: int) -> str:
     return (
-        f"Using the numbers {list(numbers)}, write an equation that equals {target}. "
-        "Use +, -, * or / and each number exactly once."
+        f"Using the numbers {list(numbers)}, make {target} with + - * /, each number once."
     )
 
 
@@ -42,7 +41,7 @@ def split_of(numbers: list[int], target: int, test_fraction: float = 0.2) -> str
     return "test" if bucket < test_fraction else "train"
 
 
-def make_puzzle(rng: random.Random, *, max_number: int = 15, max_target: int = 99) -> dict | None:
+def make_puzzle(rng: random.Random, *, max_number: int = 9, max_target: int = 99) -> dict | None:
     """One puzzle ``{numbers, target, solution, reasoning}`` or ``None`` if the draw is rejected."""
     nums = [rng.randint(1, max_number) for _ in range(3)]
     a, b, c = rng.sample(nums, 3)

@@ -4,9 +4,7 @@ The instructions are prepended to the user turn (LLaDA's chat template has no sy
 role in the d1 setup); the model sees them through ``tokenizer.apply_chat_template``.
 """
 
-FORMAT_INSTRUCTIONS = (
-    "Reply in this format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>"
-)
+FORMAT_INSTRUCTIONS = "Think inside <reasoning> </reasoning>, then answer inside <answer> </answer>."
 
 
 def user_turn(question: str) -> list[dict[str, str]]:
