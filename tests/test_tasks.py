@@ -45,6 +45,8 @@ def test_splits_are_disjoint_and_seeded():
     s_tr = {r["puzzle"] for r in sudoku.generate("train", 300, seed=0)}
     s_te = {r["puzzle"] for r in sudoku.generate("test", 100, seed=0)}
     assert not s_tr & s_te
+    with pytest.raises(ValueError, match="max_number"):
+        countdown.generate("test", 5000)
     with pytest.raises(ValueError, match="split"):
         countdown.generate("valid", 3)
 

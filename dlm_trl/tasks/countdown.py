@@ -106,11 +106,14 @@ def generate(split: str, num_samples: int, seed: int = 0, **kwargs) -> list[dict
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     rng = random.Random(f"countdown-{seed}")
     rows, seen = [], set()
-    attempts = 0
+    attempts = 0  # draws since the last accepted puzzle
     while len(rows) < num_samples:
         attempts += 1
-        if attempts > 200 * num_samples + 10_000:
-            raise RuntimeError(f"could not draw {num_samples} distinct countdown puzzles for split {split!r}")
+        if attempts > 30_000:
+            raise ValueError(
+                f"only {len(rows)} distinct countdown puzzles exist in split {split!r} with these settings; "
+                f"ask for fewer than {num_samples} or pass a larger max_number/max_target"
+            )
         p = make_puzzle(rng, **kwargs)
         if p is None:
             continue
@@ -118,6 +121,7 @@ def generate(split: str, num_samples: int, seed: int = 0, **kwargs) -> list[dict
         if key in seen or split_of(p["numbers"], p["target"]) != split:
             continue
         seen.add(key)
+        attempts = 0
         rows.append(
             {
                 "prompt": user_turn(question(p["numbers"], p["target"])),
