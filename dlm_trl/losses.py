@@ -1,0 +1,293 @@
+"""Pure loss math of the DLM trainers (ALGORITHMS.md §2).
+
+No model, no trainer, no TRL: every function takes plain tensors and numbers and returns
+``(loss, metrics)`` (or tensors), where ``metrics`` is a dict of detached scalar tensors
+for logging. The trainers in :mod:`dlm_trl.trainers` compute the inputs (per-token
+likelihood contributions from an estimator, advantages from TRL) and call these.
+
+Shapes: ``B`` rows, ``L`` completion positions, ``G`` group size (rollouts per prompt),
+``R`` denoising replicates.
+
+* :func:`clipped_token_loss` — diffu-GRPO (d1, arXiv 2504.12216): token-level PPO clip on
+  ``ρ = exp(logp_θ − logp_old)`` plus ``β`` times the k3 KL to the reference.
+* :func:`sequence_clipped_loss` — GDPO (arXiv 2510.08554): one ratio per sequence,
+  ``exp((Ê_θ − Ê_old) / L)`` (the length normaliser sits inside the exponent).
+* :func:`dmpo_weights`, :func:`ess`, :func:`ess_temperature`, :func:`denoising_cross_entropy`,
+  :func:`wdce_loss` — DMPO (arXiv 2510.08233) with the optional PDNS tempering
+  (arXiv 2510.03824).
+"""
+
+from __future__ import annotations
+
+import torch
+
+NORMALIZATIONS = ("token", "sequence", "constant")
+LENGTH_MODES = ("padded", "true")
+BASELINES = ("negative_tilt", "mean", "none")
+
+Metrics = dict[str, torch.Tensor]
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(x.dtype)
+    return (x * m).sum() / m.sum().clamp(min=1.0)
+
+
+def k3_kl(ref_logps: torch.Tensor, logps: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(π_θ ‖ π_ref): ``exp(ref − θ) − (ref − θ) − 1`` (≥ 0), elementwise."""
+    d = ref_logps - logps
+    return torch.exp(d) - d - 1.0
+
+
+def _clip_bounds(epsilon: float, epsilon_high: float | None) -> tuple[float, float]:
+    if epsilon < 0 or (epsilon_high is not None and epsilon_high < 0):
+        raise ValueError(f"clip ranges must be ≥ 0, got epsilon={epsilon}, epsilon_high={epsilon_high}")
+    return 1.0 - epsilon, 1.0 + (epsilon if epsilon_high is None else epsilon_high)
+
+
+def clipped_token_loss(
+    logps: torch.Tensor,  # [B, L] current policy, carries grad
+    old_logps: torch.Tensor,  # [B, L] rollout policy (same masks), no grad
+    advantages: torch.Tensor,  # [B]
+    mask: torch.Tensor,  # [B, L] 1 = token counts
+    *,
+    epsilon: float,
+    epsilon_high: float | None = None,
+    ref_logps: torch.Tensor | None = None,  # [B, L] reference policy (same masks)
+    beta: float = 0.0,
+    normalization: str = "token",
+    max_length: int | None = None,
+) -> tuple[torch.Tensor, Metrics]:
+    """diffu-GRPO's token-level clipped surrogate (d1, arXiv 2504.12216).
+
+    ``ρ = exp(logps − old_logps)``; per token ``−min(ρ A, clip(ρ, 1−ε, 1+ε_high) A) + β·k3``.
+    ``normalization``: ``"token"`` — sum over valid tokens / number of valid tokens in the
+    batch (d1's choice, TRL's ``bnpo``); ``"sequence"`` — mean over each sequence's valid
+    tokens, then over sequences (TRL's ``grpo``); ``"constant"`` — sum / (B · max_length)
+    (TRL's ``dr_grpo``).
+    """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    if beta != 0.0 and ref_logps is None:
+        raise ValueError("beta != 0 needs ref_logps (the reference policy's per-token log-probs)")
+    lo, hi = _clip_bounds(epsilon, epsilon_high)
+    m = mask.to(logps.dtype)  # [B, L]
+    A = advantages.to(logps.dtype)[:, None]  # [B, 1]
+    ratio = torch.exp(logps - old_logps)  # [B, L]
+    clipped = torch.clamp(ratio, lo, hi)
+    per_token = -torch.min(ratio * A, clipped * A)  # [B, L]
+    kl = None
+    if beta != 0.0:
+        kl = k3_kl(ref_logps, logps)  # [B, L]
+        per_token = per_token + beta * kl
+    if normalization == "token":
+        loss = (per_token * m).sum() / m.sum().clamp(min=1.0)
+    elif normalization == "sequence":
+        loss = ((per_token * m).sum(1) / m.sum(1).clamp(min=1.0)).mean()
+    else:
+        if max_length is None:
+            raise ValueError('normalization="constant" needs max_length (the generation length)')
+        loss = (per_token * m).sum() / (logps.shape[0] * max_length)
+    with torch.no_grad():
+        low = (ratio < lo) & (A < 0)
+        high = (ratio > hi) & (A > 0)
+        metrics: Metrics = {
+            "ratio/mean": _masked_mean(ratio, m),
+            "clip_ratio/low_mean": _masked_mean(low.to(m.dtype), m),
+            "clip_ratio/high_mean": _masked_mean(high.to(m.dtype), m),
+            "clip_ratio/region_mean": _masked_mean((low | high).to(m.dtype), m),
+        }
+        if kl is not None:
+            metrics["kl"] = _masked_mean(kl, m)
+    return loss, metrics
+
+
+def sequence_lengths(mask: torch.Tensor, length: str = "padded") -> torch.Tensor:
+    """Normaliser per row: the padded length ``L`` or the true length ``Σ mask`` (≥ 1) → ``[B]``."""
+    if length not in LENGTH_MODES:
+        raise ValueError(f"length must be one of {LENGTH_MODES}, got {length!r}")
+    if length == "padded":
+        return torch.full((mask.shape[0],), float(mask.shape[1]), device=mask.device)
+    return mask.float().sum(1).clamp(min=1.0)
+
+
+def sequence_clipped_loss(
+    logps: torch.Tensor,  # [B, L] per-token ELBO contributions, current policy (grad)
+    old_logps: torch.Tensor,  # [B, L] same masks, rollout policy
+    advantages: torch.Tensor,  # [B]
+    mask: torch.Tensor,  # [B, L]
+    *,
+    epsilon: float,
+    epsilon_high: float | None = None,
+    length: str = "padded",
+    ref_logps: torch.Tensor | None = None,  # [B, L]
+    beta: float = 0.0,
+) -> tuple[torch.Tensor, Metrics]:
+    """GDPO's sequence-level clipped surrogate (arXiv 2510.08554).
+
+    ``Ê = Σ_i mask_i · logps_i`` per row; ``r = exp((Ê_θ − Ê_old) / n)`` with ``n`` the padded
+    length ``L`` (default, as GDPO's reference code) or the true length (``length="true"``);
+    loss ``mean_b −min(r A, clip(r, 1−ε, 1+ε_high) A)``. With ``beta > 0`` a sequence-level
+    k3 term on ``(Ê_ref − Ê_θ) / n`` is added.
+    """
+    if beta != 0.0 and ref_logps is None:
+        raise ValueError("beta != 0 needs ref_logps")
+    lo, hi = _clip_bounds(epsilon, epsilon_high)
+    m = mask.to(logps.dtype)
+    n = sequence_lengths(mask, length).to(logps.dtype)  # [B]
+    seq = (logps * m).sum(1)  # [B]
+    seq_old = (old_logps * m).sum(1)  # [B]
+    A = advantages.to(logps.dtype)  # [B]
+    ratio = torch.exp((seq - seq_old) / n)  # [B]
+    clipped = torch.clamp(ratio, lo, hi)
+    per_seq = -torch.min(ratio * A, clipped * A)  # [B]
+    kl = None
+    if beta != 0.0:
+        kl = k3_kl((ref_logps * m).sum(1) / n, seq / n)  # [B]
+        per_seq = per_seq + beta * kl
+    loss = per_seq.mean()
+    with torch.no_grad():
+        low = (ratio < lo) & (A < 0)
+        high = (ratio > hi) & (A > 0)
+        metrics: Metrics = {
+            "ratio/mean": ratio.mean(),
+            "ratio/min": ratio.min(),
+            "ratio/max": ratio.max(),
+            "clip_ratio/low_mean": low.float().mean(),
+            "clip_ratio/high_mean": high.float().mean(),
+            "clip_ratio/region_mean": (low | high).float().mean(),
+            "elbo/per_token_mean": (seq / n).mean(),
+        }
+        if kl is not None:
+            metrics["kl"] = kl.mean()
+    return loss, metrics
+
+
+# ----------------------------------------------------------------------------- DMPO
+
+
+def ess(weights: torch.Tensor) -> torch.Tensor:
+    """Normalised effective sample size ``1 / (G Σ_g w_g²)`` of each group → ``[n_groups]``.
+
+    ``weights`` is ``[n_groups, G]`` with rows summing to one; the result lies in ``[1/G, 1]``.
+    """
+    G = weights.shape[-1]
+    return 1.0 / (G * (weights**2).sum(-1))
+
+
+def ess_temperature(
+    scores: torch.Tensor,  # [n_groups, G] ℓ + r/α
+    target: float,
+    *,
+    c_max: float = 1.0,
+    iters: int = 50,
+) -> torch.Tensor:  # [n_groups]
+    """PDNS proximal tempering (arXiv 2510.03824): per group the largest ``c ∈ (0, c_max]``
+    whose weights ``softmax(c · scores)`` have normalised ESS ≥ ``target`` (bisection; the
+    ESS of a tempered softmax decreases monotonically in ``c``)."""
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"the ESS target is a fraction in (0, 1], got {target}")
+    s = scores.double()
+    top = torch.full(s.shape[:1], float(c_max), dtype=torch.float64, device=s.device)
+    ok = ess(torch.softmax(top[:, None] * s, -1)) >= target
+    lo = torch.zeros_like(top)
+    hi = top.clone()
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        good = ess(torch.softmax(mid[:, None] * s, -1)) >= target
+        lo = torch.where(good, mid, lo)
+        hi = torch.where(good, hi, mid)
+    return torch.where(ok, top, lo).to(scores.dtype)
+
+
+def dmpo_weights(
+    log_ratio: torch.Tensor,  # [N] ℓ = log p_ref(y) − log p_v(y), N = n_groups · G, groups contiguous
+    rewards: torch.Tensor,  # [N] (any per-group shift is harmless: softmax is shift-invariant)
+    *,
+    group_size: int,
+    alpha: float,
+    c: float | torch.Tensor = 1.0,  # scalar or [n_groups]
+    baseline: str = "negative_tilt",
+) -> tuple[torch.Tensor, Metrics]:
+    """DMPO's importance weights over each group of ``G`` rollouts (arXiv 2510.08233).
+
+    ``w = softmax_G(c·(ℓ + r/α))``; baseline ``b``: ``"negative_tilt"`` (default)
+    ``softmax_G(c·(ℓ − r/α))``, ``"mean"`` ``1/G``, ``"none"`` 0. Returns ``ŵ = w − b``
+    (``[N]``, detached) and metrics (ESS and weight statistics of ``w``). With a baseline
+    the weights of each group sum to zero.
+    """
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+    if alpha <= 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    N = log_ratio.shape[0]
+    if group_size < 1 or N % group_size:
+        raise ValueError(f"{N} rows do not split into groups of {group_size}")
+    with torch.no_grad():
+        ell = log_ratio.detach().double().view(-1, group_size)  # [n, G]
+        r = rewards.detach().double().view(-1, group_size) / alpha  # [n, G]
+        cc = torch.as_tensor(c, dtype=torch.float64, device=ell.device)
+        cc = cc.view(-1, 1) if cc.dim() else cc
+        w = torch.softmax(cc * (ell + r), dim=-1)  # [n, G]
+        if baseline == "negative_tilt":
+            b = torch.softmax(cc * (ell - r), dim=-1)
+        elif baseline == "mean":
+            b = torch.full_like(w, 1.0 / group_size)
+        else:
+            b = torch.zeros_like(w)
+        w_hat = (w - b).reshape(N).to(log_ratio.dtype if log_ratio.is_floating_point() else torch.float32)
+        e = ess(w)
+        metrics: Metrics = {
+            "weights/ess_mean": e.mean().float(),
+            "weights/ess_min": e.min().float(),
+            "weights/max": w.max(-1).values.mean().float(),
+            "weights/entropy": (-(w * w.clamp_min(1e-300).log()).sum(-1)).mean().float(),
+            "weights/abs_centered_mean": (w - b).abs().mean().float(),
+            "log_ratio/mean": ell.mean().float(),
+            "log_ratio/std": ell.std(unbiased=False).float(),
+            "log_ratio/abs_max": ell.abs().max().float(),
+        }
+    return w_hat, metrics
+
+
+def denoising_cross_entropy(
+    token_logps: torch.Tensor,  # [B, R, L] log f(y_i | x_masked) at every completion position
+    noise: torch.Tensor,  # [B, R, L] bool, True = masked in that replicate
+) -> torch.Tensor:  # [B]
+    """``(1/R) Σ_r (1/m_r) Σ_{i masked} −log f(y_i | ·)`` per row, ``m_r`` = realised mask count (≥ 1)."""
+    nm = noise.to(token_logps.dtype)
+    m = nm.sum(-1).clamp(min=1.0)  # [B, R]
+    ce = -(token_logps * nm).sum(-1) / m  # [B, R]
+    return ce.mean(-1)
+
+
+def wdce_loss(
+    ce: torch.Tensor,  # [B] denoising cross-entropy per row (grad)
+    weights: torch.Tensor,  # [B] ŵ, detached
+    *,
+    group_size: int,
+) -> tuple[torch.Tensor, Metrics]:
+    """Weighted denoising cross-entropy ``Σ_b ŵ_b · CE_b``, scaled by ``G / B`` so that a
+    (micro-)batch of ``B`` rows gives the per-group mean in expectation."""
+    B = ce.shape[0]
+    w = weights.detach().to(ce.dtype)
+    loss = (w * ce).sum() * (group_size / max(B, 1))
+    with torch.no_grad():
+        metrics: Metrics = {"wdce/ce_mean": ce.mean(), "wdce/weighted_ce": (w * ce).sum()}
+    return loss, metrics
+
+
+__all__ = [
+    "BASELINES",
+    "LENGTH_MODES",
+    "NORMALIZATIONS",
+    "clipped_token_loss",
+    "denoising_cross_entropy",
+    "dmpo_weights",
+    "ess",
+    "ess_temperature",
+    "k3_kl",
+    "sequence_clipped_loss",
+    "sequence_lengths",
+    "wdce_loss",
+]

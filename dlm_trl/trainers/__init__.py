@@ -1,0 +1,56 @@
+"""RL trainers for masked diffusion LMs on top of ``trl.GRPOTrainer``.
+
+* :class:`DiffuGRPOTrainer` / :class:`DiffuGRPOConfig` — d1's diffu-GRPO (arXiv 2504.12216);
+* :class:`GDPOTrainer` / :class:`GDPOConfig` — GDPO (arXiv 2510.08554);
+* :class:`DMPOTrainer` / :class:`DMPOConfig` — DMPO (arXiv 2510.08233), PDNS tempering optional.
+
+All three share one private base (``_base._DLMTrainerBase``) that swaps TRL's autoregressive
+generation for the diffusion sampler and TRL's causal log-probs for a likelihood-estimator
+plugin, with per-row mask seeds so that old / reference / current estimates use identical
+masks. Usage::
+
+    from dlm_trl.trainers import GDPOConfig, GDPOTrainer
+    trainer = GDPOTrainer(model="tiny", reward_funcs=[countdown_reward], args=GDPOConfig(...),
+                          train_dataset=dataset, processing_class=tokenizer)
+    trainer.train()
+
+**Your own loss**: subclass a trainer and override ``compute_policy_loss(model, inputs) ->
+(loss, metrics)``; ``self.estimate_logps(model, inputs)`` gives the current policy's per-token
+estimates ``[B, L]`` on this inner iteration's masks and ``self.old_logps(inputs, logps)`` the
+rollout policy's on the same masks::
+
+    class MyGDPO(GDPOTrainer):
+        def compute_policy_loss(self, model, inputs):
+            logps = self.estimate_logps(model, inputs)
+            seq = (logps * inputs["completion_mask"]).sum(1)
+            return -(inputs["advantages"] * seq).mean(), {}
+
+**Your own estimator**: register it under the entry-point group ``dlm_trl.estimators`` and set
+``estimator="name"`` (or ``estimator="package.module:Class"``, or pass an instance as
+``GDPOTrainer(..., estimator=MyEstimator())``); it must follow
+:class:`dlm_trl.estimators.LikelihoodEstimator`.
+"""
+
+from ._base import DLMConfig, derive_seeds, mix_seed
+from .diffu_grpo import DiffuGRPOConfig, DiffuGRPOTrainer
+from .dmpo import DMPOConfig, DMPOTrainer
+from .gdpo import GDPOConfig, GDPOTrainer
+
+TRAINERS = {
+    "diffu_grpo": (DiffuGRPOTrainer, DiffuGRPOConfig),
+    "gdpo": (GDPOTrainer, GDPOConfig),
+    "dmpo": (DMPOTrainer, DMPOConfig),
+}
+
+__all__ = [
+    "DLMConfig",
+    "DMPOConfig",
+    "DMPOTrainer",
+    "DiffuGRPOConfig",
+    "DiffuGRPOTrainer",
+    "GDPOConfig",
+    "GDPOTrainer",
+    "TRAINERS",
+    "derive_seeds",
+    "mix_seed",
+]

@@ -1,0 +1,757 @@
+"""The private base of the DLM trainers: ``trl.GRPOTrainer`` with a diffusion sampler and a
+likelihood estimator in place of autoregressive generation and causal log-probs.
+
+What it overrides (TRL 1.16; ``tests/test_trl_hooks.py`` fails, naming the hook, if any of
+these signatures changes):
+
+``_generate_single_turn``
+    Runs the LLaDA block sampler (:func:`dlm_trl.sampling.generate`) inside TRL's
+    ``unwrap_model_for_generation`` (so DeepSpeed ZeRO-3 gathers the weights once per
+    rollout), with one ``torch.Generator`` per row seeded from (seed, rollout, row). It
+    returns TRL's lists of completion ids (cut after the first EOS) and keeps the full
+    ``[B, L]`` EOS-padded sampler output for the likelihood estimates.
+``_generate_and_score_completions``
+    Calls TRL's (prompts, rewards, advantages, logging) with TRL's own log-prob calls
+    switched off, puts back the full-length completion and its mask, adds
+    ``mask_seeds [B, μ]`` (one seed per row and inner iteration) and computes the old and
+    reference estimates ``[B, μ, L]`` for the inner iterations that need them — every
+    value is batch-first, so TRL's shuffle and split along dim 0 keep each row's seeds and
+    estimates together.
+``_get_per_token_logps_and_entropies``
+    The single place where likelihoods are estimated: the configured estimator plugin
+    with per-row generators built from the active mask seeds. Old, reference and current
+    estimates of a row in an inner iteration therefore draw identical masks (common
+    random numbers, ALGORITHMS.md §0). Entropies are not computed (``None``).
+``_compute_loss``
+    Selects the current inner iteration's seeds and old/reference estimates and calls
+    :meth:`compute_policy_loss` — the method subclasses (and users) override — then
+    scales for gradient accumulation and logs the returned metrics.
+``_send_telemetry``
+    A no-op: nothing is sent anywhere (TRL would ping the Hub from ``__init__``).
+
+Seeds: ``mask_seeds[b, k] = mix(seed, rollout, global row b, k)`` (``k`` = inner iteration;
+``0`` for every ``k`` with ``mask_schedule="fixed"``). The quadrature node / Monte Carlo
+draw index is not part of the seed: an estimator draws all of a row's masks from that
+row's generator in a fixed order, so (seed, node) → mask is deterministic.
+
+Reference policy: built here, not by TRL (β is hidden from ``GRPOTrainer.__init__``, which
+would otherwise reload the model from its hub id): an explicit ``ref_model``; under PEFT
+the adapter-disabled base (or a frozen copy of a pre-existing adapter, as TRL does); else a
+frozen copy of the initial policy (reloaded from its path under DeepSpeed ZeRO-3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate.utils import is_peft_model
+from trl import GRPOConfig, GRPOTrainer
+from trl.extras.profiling import profiling_context
+from trl.models import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
+from trl.trainer.callbacks import SyncRefModelCallback
+from trl.trainer.utils import disable_dropout_in_model, pad, use_adapter
+
+from ..estimators import row_generators
+from ..models import DLM, FAMILIES
+from ..registry import ESTIMATORS, PluginNotFoundError, load_estimator
+from ..registry import load as load_plugin
+from ..sampling import REMASKING_STRATEGIES, SamplerConfig, generate
+
+MASK_SCHEDULES = ("fresh", "fixed")
+REFERENCES = ("initial", "none")
+
+_MASK64 = (1 << 64) - 1
+# Stream tags keep the seeds of different uses of randomness apart.
+SAMPLER_STREAM = 0x5A4D
+MASK_STREAM = 0x4D41
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (splitmix64 chain): distinct inputs → unrelated seeds."""
+    h = 0
+    for p in parts:
+        h = _splitmix64(h ^ (int(p) & _MASK64))
+    return h & ((1 << 63) - 1)
+
+
+def derive_seeds(seeds: torch.Tensor, *tags: int) -> torch.Tensor:
+    """Per-row seeds ``[B]`` for another use of randomness (a different stream) → ``[B]`` long."""
+    return torch.tensor([mix_seed(int(s), *tags) for s in seeds.tolist()], dtype=torch.long, device=seeds.device)
+
+
+def _parse_dict(value: Any, name: str) -> dict:
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{name} must be a JSON object such as '{{\"num_nodes\": 3}}', got {value!r}: {err}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a dict (or a JSON object string), got {type(value).__name__}")
+    return dict(value)
+
+
+@dataclass
+class DLMConfig(GRPOConfig):
+    """``trl.GRPOConfig`` plus the diffusion sampler and the likelihood estimator.
+
+    The completion length is ``gen_length``; TRL's ``max_completion_length`` is kept equal
+    to it (set either one). ``temperature`` (TRL's field) is the sampler's temperature.
+    """
+
+    model_family: str | None = field(
+        default=None,
+        metadata={"help": f"Diffusion-LM family, one of {FAMILIES}; detected from the model config when unset."},
+    )
+    mask_token_id: int | None = field(
+        default=None,
+        metadata={"help": "Mask token id; read from the model config / tokenizer (LLaDA: 126336) when unset."},
+    )
+    gen_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Completion length L generated by the diffusion sampler. When unset, max_completion_length is "
+            "used; when set, max_completion_length is set to it."
+        },
+    )
+    block_length: int = field(
+        default=32, metadata={"help": "Semi-autoregressive block length of the sampler; must divide gen_length."}
+    )
+    diffusion_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Sampler steps (forward passes per rollout), a multiple of gen_length/block_length and at most "
+            "gen_length. Default: gen_length / 2 (d1)."
+        },
+    )
+    remasking: str = field(
+        default="low_confidence",
+        metadata={"help": f"Sampler remasking strategy, one of {REMASKING_STRATEGIES}."},
+    )
+    cfg_scale: float = field(
+        default=0.0, metadata={"help": "Classifier-free guidance scale of the sampler (0 disables guidance)."}
+    )
+    temperature: float = field(
+        default=0.9, metadata={"help": "Sampler temperature for rollouts (d1: 0.9); 0 is greedy."}
+    )
+    estimator: str = field(
+        default="sdmc_elbo",
+        metadata={
+            "help": "Likelihood estimator: an entry point of the group dlm_trl.estimators (e.g. one_step_unmasking, "
+            "sdmc_elbo, double_mc_elbo, stratified_elbo) or an import path 'package.module:Class'."
+        },
+    )
+    estimator_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments of the estimator, e.g. '{\"num_nodes\": 3}' (a dict or JSON string)."},
+    )
+    mask_schedule: str = field(
+        default="fresh",
+        metadata={
+            "help": "Masks across the num_iterations inner iterations of a rollout batch: 'fresh' (new masks each "
+            "iteration; the old estimate costs one estimator call per iteration) or 'fixed' (the same masks in "
+            "every iteration; the old estimate is computed once). Old / reference / current always share masks."
+        },
+    )
+    reference: str = field(
+        default="initial",
+        metadata={
+            "help": "Reference policy for the KL term (beta > 0) or DMPO's likelihood ratio: 'initial' (the starting "
+            "policy: adapter-disabled base under PEFT, else a frozen copy) or 'none'."
+        },
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Deprecated alias of activation_checkpointing (off by default; LLaDA-8B recipes turn it on)."},
+    )
+    scale_rewards: str = field(
+        default="none",
+        metadata={"help": "Advantage scaling: 'none' (A = R - mean of the group, as d1 and GDPO), 'group' or 'batch'."},
+    )
+
+    # Options of GRPOConfig that the DLM trainers do not implement, with their neutral values.
+    _UNSUPPORTED = {
+        "use_vllm": False,
+        "use_transformers_continuous_batching": False,
+        "use_transformers_paged": False,
+        "top_p": 1.0,
+        "top_k": 0,
+        "min_p": None,
+        "repetition_penalty": 1.0,
+        "top_entropy_quantile": 1.0,
+        "entropy_coef": 0.0,
+        "use_adaptive_entropy": False,
+        "off_policy_mask_threshold": None,
+    }
+
+    def __post_init__(self):
+        self._check_dlm_fields()
+        super().__post_init__()
+
+    def _check_dlm_fields(self) -> None:
+        for name, neutral in self._UNSUPPORTED.items():
+            value = getattr(self, name, neutral)
+            if value != neutral and not (neutral is None and value is None):
+                raise ValueError(
+                    f"{type(self).__name__}: {name}={value!r} is not supported by the diffusion sampler / likelihood "
+                    f"estimators of dlm-trl; leave it at {neutral!r}."
+                )
+        if self.model_family is not None and self.model_family not in FAMILIES:
+            raise ValueError(f"model_family={self.model_family!r} is unknown; use one of {FAMILIES} or leave it unset")
+        if self.mask_schedule not in MASK_SCHEDULES:
+            raise ValueError(f"mask_schedule must be one of {MASK_SCHEDULES}, got {self.mask_schedule!r}")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"reference must be one of {REFERENCES}, got {self.reference!r}")
+        if self.beta != 0.0 and self.reference == "none":
+            raise ValueError(
+                f"beta={self.beta} needs a reference policy but reference='none'; set reference='initial' "
+                "(the starting policy) or beta=0.0"
+            )
+        # Completion length: one number for TRL and the sampler.
+        if self.gen_length is None:
+            if self.max_completion_length is None:
+                raise ValueError("set gen_length (the diffusion completion length)")
+            self.gen_length = int(self.max_completion_length)
+        self.max_completion_length = int(self.gen_length)
+        if self.diffusion_steps is None:
+            nb = max(1, self.gen_length // self.block_length) if self.block_length > 0 else 1
+            half = max(nb, (self.gen_length // 2) // nb * nb)
+            self.diffusion_steps = half
+        try:
+            self.sampler_config()
+        except ValueError as err:
+            raise ValueError(
+                f"invalid sampler settings gen_length={self.gen_length} (= max_completion_length), "
+                f"block_length={self.block_length}, diffusion_steps={self.diffusion_steps} (the sampler's "
+                f"'steps'): {err}"
+            ) from None
+        # Estimator: fail now, with suggestions, rather than after the model is loaded.
+        self.estimator_kwargs = _parse_dict(self.estimator_kwargs, "estimator_kwargs")
+        try:
+            load_estimator(self.estimator, **self.estimator_kwargs)
+        except PluginNotFoundError as err:
+            raise ValueError(f"{type(self).__name__}.estimator: {err}") from None
+        except TypeError as err:
+            raise ValueError(
+                f"estimator {self.estimator!r} does not accept estimator_kwargs={self.estimator_kwargs}: {err}"
+            ) from None
+
+    def sampler_config(self) -> SamplerConfig:
+        """The rollout sampler's settings."""
+        return SamplerConfig(
+            gen_length=int(self.gen_length),
+            block_length=int(self.block_length),
+            steps=int(self.diffusion_steps),
+            temperature=float(self.temperature),
+            remasking=self.remasking,
+            cfg_scale=float(self.cfg_scale),
+        )
+
+
+class _DLMTrainerBase(GRPOTrainer):
+    """Private base of :class:`DiffuGRPOTrainer`, :class:`GDPOTrainer` and :class:`DMPOTrainer`
+    (see the module docstring for the hooks it overrides).
+
+    Subclasses implement :meth:`compute_policy_loss`. Extra constructor arguments over
+    ``GRPOTrainer``: ``ref_model`` (an explicit reference policy) and ``estimator`` (an
+    estimator instance or name, overriding ``args.estimator``). ``model`` may be a name
+    (``"tiny"``, a path or a hub id), a transformers model, a PEFT model or a
+    :class:`~dlm_trl.models.DLM`.
+    """
+
+    _tag_names = ["trl", "dlm-trl"]
+    _name = "DLM"
+    config_class: type[DLMConfig] = DLMConfig
+
+    def __init__(
+        self,
+        model,
+        reward_funcs=None,
+        args: DLMConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        reward_processing_classes=None,
+        callbacks=None,
+        optimizers=(None, None),
+        peft_config=None,
+        *,
+        ref_model=None,
+        estimator=None,
+    ):
+        if args is None:
+            args = self.config_class(output_dir=f"{self._name}-trainer")
+        if not isinstance(args, DLMConfig):
+            raise TypeError(f"args must be a {self.config_class.__name__} (a DLMConfig), got {type(args).__name__}")
+
+        family, mask_id = args.model_family, args.mask_token_id
+        if isinstance(model, DLM):
+            family, mask_id = family or model.family, mask_id if mask_id is not None else model.mask_token_id
+            model = model.module
+        if isinstance(model, str):
+            from ..models import load_model, load_tokenizer
+
+            init_kwargs = _parse_dict(args.model_init_kwargs, "model_init_kwargs")
+            init_kwargs.setdefault("trust_remote_code", args.trust_remote_code or None)
+            if processing_class is None:
+                processing_class = load_tokenizer(model)
+                processing_class.padding_side = "left"
+            model = load_model(model, **init_kwargs)
+        if getattr(model, "generation_config", None) is None:
+            # TRL reads generation_config; LLaDA's remote code has no GenerationMixin.
+            from transformers import GenerationConfig
+
+            cfg = model.config
+            model.generation_config = GenerationConfig(eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id)
+        if args.activation_checkpointing and not getattr(model, "supports_gradient_checkpointing", True):
+            warnings.warn(
+                f"{type(model).__name__} does not support activation (gradient) checkpointing; training without it",
+                stacklevel=2,
+            )
+            args.activation_checkpointing = args.gradient_checkpointing = False
+
+        self.estimator = self._resolve_estimator(estimator, args)
+        self.sampler_config = args.sampler_config()
+
+        beta = args.beta
+        needs_ref = beta != 0.0 or self._uses_reference(args)
+        if needs_ref and peft_config is None and is_peft_model(model) and "ref" not in model.peft_config:
+            # A pre-existing adapter: its frozen copy is the reference (as TRL does).
+            model.add_adapter("ref", model.peft_config["default"])
+            for name, param in model.named_parameters():
+                if ".default." in name:
+                    model.get_parameter(name.replace(".default.", ".ref.")).data.copy_(param.data)
+        sync_ref = args.sync_ref_model
+        # TRL would build its own reference in __init__ (reloading the model from its hub id); hide β from it.
+        args.beta, args.sync_ref_model = 0.0, False
+        try:
+            super().__init__(
+                model=model,
+                reward_funcs=reward_funcs,
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                reward_processing_classes=reward_processing_classes,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                peft_config=peft_config,
+            )
+        finally:
+            args.beta, args.sync_ref_model = beta, sync_ref
+        self.beta = beta
+
+        base = self.accelerator.unwrap_model(self.model)
+        base = base.get_base_model() if is_peft_model(base) else base
+        spec = DLM.wrap(base, tokenizer=self._tokenizer, family=family, mask_token_id=mask_id)
+        self.mask_token_id, self.model_family = spec.mask_token_id, spec.family
+        self.eos_token_id = self._tokenizer.eos_token_id if self._tokenizer.eos_token_id is not None else spec.eos_token_id
+
+        self.ref_model = self._setup_reference(ref_model, needs_ref)
+        if sync_ref:
+            if self.ref_model is None:
+                raise ValueError("sync_ref_model=True needs a separate reference model (not PEFT, beta > 0)")
+            self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
+
+        ga, spg, mu = args.gradient_accumulation_steps, args.steps_per_generation, self.num_iterations
+        every = spg * mu
+        #: True when the policy is unchanged between a rollout and its first inner iteration, so the
+        #: old estimate of iteration 0 is the current one, detached (its ratio is exactly 1).
+        self._iteration0_on_policy = (ga % every == 0) or (every % ga == 0 and spg <= ga)
+        self._rollout_index = 0
+        self._rollout = None
+        self._active_mask_seeds: torch.Tensor | None = None
+        self._estimating_seeds: torch.Tensor | None = None
+        self._trl_logps_off = False
+        self._last_estimate_nfe = 0
+        #: Forward passes spent on this process, counted per sequence (rows × NFE per sequence).
+        self.nfe_counts: dict[str, int] = defaultdict(int)
+
+    # ------------------------------------------------------------------ construction helpers
+
+    @staticmethod
+    def _resolve_estimator(estimator, args: DLMConfig):
+        if estimator is None:
+            estimator = args.estimator
+        if isinstance(estimator, str):
+            obj = load_plugin(ESTIMATORS, estimator)
+            estimator = obj(**args.estimator_kwargs) if isinstance(obj, type) else obj
+        if not callable(estimator) or not callable(getattr(estimator, "nfe", None)):
+            raise TypeError(
+                f"{estimator!r} is not a likelihood estimator: it must be callable as "
+                "est(model, prompt_ids, completion_ids, completion_mask, *, generator, prompt_attention_mask) "
+                "and have nfe(completion_length) (see dlm_trl.estimators.LikelihoodEstimator)"
+            )
+        return estimator
+
+    def _uses_reference(self, args: DLMConfig) -> bool:
+        """Whether the algorithm itself needs the reference policy (besides a KL term)."""
+        return False
+
+    def _setup_reference(self, ref_model, needs_ref: bool):
+        if ref_model is None and not needs_ref:
+            return None
+        if ref_model is None and is_peft_model(self.model):
+            return None  # adapter disabled (or the frozen "ref" adapter) is the reference
+        if isinstance(ref_model, DLM):
+            ref_model = ref_model.module
+        if isinstance(ref_model, str):
+            from ..models import load_model
+
+            ref_model = load_model(ref_model, dtype=self.model.dtype)
+        if ref_model is None:
+            zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+            source = getattr(self.model.config, "_name_or_path", "")
+            if zero3:
+                if not source:
+                    raise ValueError(
+                        "DeepSpeed ZeRO-3 needs the reference reloaded from a path, but the model has none; "
+                        "pass ref_model=... or use PEFT"
+                    )
+                from ..models import load_model
+
+                ref_model = load_model(source, dtype=self.model.dtype)
+            else:
+                ref_model = copy.deepcopy(self.accelerator.unwrap_model(self.model))
+        ref_model.eval()
+        ref_model.requires_grad_(False)
+        if self.args.disable_dropout:
+            disable_dropout_in_model(ref_model)
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(ref_model, self.accelerator)
+        if self.is_fsdp_enabled:
+            return prepare_fsdp(ref_model, self.accelerator)
+        return self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+
+    def _send_telemetry(self):
+        """No telemetry: dlm-trl never phones home (TRL's version pings the Hub from ``__init__``)."""
+        return None
+
+    # ------------------------------------------------------------------ seeds and small helpers
+
+    def as_dlm(self, model) -> DLM:
+        """``model`` (possibly wrapped by DDP / DeepSpeed / PEFT) seen through the DLM interface."""
+        return DLM(module=model, mask_token_id=self.mask_token_id, family=self.model_family, eos_token_id=self.eos_token_id)
+
+    def _global_rows(self, B: int) -> list[int]:
+        start = self.accelerator.process_index * B
+        return list(range(start, start + B))
+
+    def _num_inner_iterations(self) -> int:
+        return self.num_iterations if self.model.training else 1
+
+    def _inner_iteration(self) -> int:
+        """Index ``k ∈ [0, μ)`` of the current pass over the buffered rollout batch."""
+        if not self.model.training:
+            return 0
+        every = self.args.steps_per_generation * self.num_iterations
+        return (self._step % every) // self.args.steps_per_generation
+
+    def _make_mask_seeds(self, B: int) -> torch.Tensor:  # [B, μ] long
+        mu = self._num_inner_iterations()
+        fixed = self.args.mask_schedule == "fixed"
+        mode = 0 if self.model.training else 1
+        rows = [
+            [
+                mix_seed(self.args.seed, MASK_STREAM, mode, self._rollout_index, r, 0 if fixed else k)
+                for k in range(mu)
+            ]
+            for r in self._global_rows(B)
+        ]
+        return torch.tensor(rows, dtype=torch.long, device=self.accelerator.device)
+
+    def _shared_masks(self) -> bool:
+        """True when every inner iteration uses the same masks (fixed schedule or a deterministic estimator)."""
+        return self.args.mask_schedule == "fixed" or bool(getattr(self.estimator, "deterministic", False))
+
+    @contextlib.contextmanager
+    def mask_seeds(self, seeds: torch.Tensor):
+        """Within this context, likelihood estimates use one generator per row seeded by ``seeds [B]``."""
+        previous = self._active_mask_seeds
+        self._active_mask_seeds = seeds
+        try:
+            yield
+        finally:
+            self._active_mask_seeds = previous
+
+    @contextlib.contextmanager
+    def _reference_policy(self):
+        """Yield the model to call for the reference policy (adapter disabled under PEFT)."""
+        if self.ref_model is not None:
+            yield self.ref_model
+            return
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if not is_peft_model(unwrapped):
+            raise RuntimeError("no reference policy: set beta > 0 or reference='initial', or pass ref_model")
+        with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
+            yield self.model
+
+    # ------------------------------------------------------------------ TRL hooks
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if images is not None or multimodal_fields:
+            raise ValueError("the diffusion sampler takes text prompts only (no images / multimodal fields)")
+        device = self.accelerator.device
+        tensors = [torch.tensor(ids) for ids in prompt_ids]
+        ids = pad(
+            tensors, padding_value=self._tokenizer.pad_token_id, padding_side="left",
+            pad_to_multiple_of=self.pad_to_multiple_of,
+        ).to(device)  # [B, P]
+        attn = pad(
+            [torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left",
+            pad_to_multiple_of=self.pad_to_multiple_of,
+        ).to(device)  # [B, P]
+        B = ids.shape[0]
+        mode = 0 if self.model.training else 1
+        gens = [
+            torch.Generator(device=device).manual_seed(
+                mix_seed(self.args.seed, SAMPLER_STREAM, mode, self._rollout_index, r)
+            )
+            for r in self._global_rows(B)
+        ]
+        with (
+            profiling_context(self, "dlm_trl.generate"),
+            unwrap_model_for_generation(
+                self.model_wrapped,
+                self.accelerator,
+                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as unwrapped,
+            torch.no_grad(),
+            self._dist.summon_full_params(self.model_wrapped, recurse=False),
+        ):
+            was_training = unwrapped.training
+            unwrapped.eval()
+            try:
+                with self.accelerator.autocast():
+                    out = generate(
+                        self.as_dlm(unwrapped), ids, config=self.sampler_config, prompt_attention_mask=attn,
+                        generator=gens,
+                    )
+            finally:
+                unwrapped.train(was_training)
+        self.nfe_counts["sampler"] += out.nfe * B
+        self._rollout = out
+        lengths = out.completion_mask.sum(1).tolist()
+        completion_ids = [row[: int(n)] for row, n in zip(out.completion_ids.cpu().tolist(), lengths, strict=True)]
+        return completion_ids, None
+
+    def _generate_and_score_completions(self, inputs):
+        self._rollout_index += 1
+        self._rollout = None
+        self._trl_logps_off = True  # TRL's old / reference calls: computed below, per inner iteration
+        try:
+            out = super()._generate_and_score_completions(inputs)
+        finally:
+            self._trl_logps_off = False
+        rollout, self._rollout = self._rollout, None
+        if rollout is None:
+            raise RuntimeError("no diffusion rollout was recorded; _generate_single_turn was bypassed")
+        device = self.accelerator.device
+        completion_ids = rollout.completion_ids.to(device)  # [B, L] EOS-padded, as sampled
+        completion_mask = rollout.completion_mask.to(device).long()  # [B, L] 1 up to and including first EOS
+        if completion_ids.shape[0] != out["prompt_ids"].shape[0]:
+            raise RuntimeError("rollout rows do not match TRL's batch")
+        if self.mask_truncated_completions:
+            has_eos = (completion_ids == self.eos_token_id).any(1, keepdim=True)
+            completion_mask = completion_mask * has_eos.long()
+        out["completion_ids"], out["completion_mask"] = completion_ids, completion_mask
+        out["num_items_in_batch"] = self.accelerator.gather(completion_mask.sum()).sum()
+        out["mask_seeds"] = self._make_mask_seeds(completion_ids.shape[0])  # [B, μ]
+        with torch.no_grad():
+            self._score_rollout(out)
+        self._metrics["train" if self.model.training else "eval"]["nfe/total"] = [
+            self.accelerator.gather(torch.tensor(sum(self.nfe_counts.values()), device=device)).sum().item()
+        ]
+        return out
+
+    def _get_per_token_logps_and_entropies(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        pixel_values=None,
+        image_grid_thw=None,
+        num_images=None,
+        pixel_attention_mask=None,
+        spatial_shapes=None,
+        num_tiles=None,
+        image_sizes=None,
+        token_type_ids=None,
+        mm_token_type_ids=None,
+        image_position_ids=None,
+    ):
+        """Per-token likelihood contributions ``[B, L]`` from the estimator, with the active mask seeds."""
+        if self._trl_logps_off:
+            return None, None, None
+        seeds = self._active_mask_seeds
+        if seeds is None:
+            raise RuntimeError(
+                "a likelihood estimate was requested without mask seeds; wrap the call in `with trainer.mask_seeds(...)`"
+            )
+        L = int(logits_to_keep)
+        prompt_ids, completion_ids = input_ids[:, :-L], input_ids[:, -L:]  # [B, P], [B, L]
+        prompt_mask, completion_mask = attention_mask[:, :-L], attention_mask[:, -L:]
+        B = input_ids.shape[0]
+        if seeds.shape[0] != B:
+            raise RuntimeError(f"{seeds.shape[0]} mask seeds for {B} rows")
+        dlm = self.as_dlm(model)
+        step = batch_size or B
+        chunks = []
+        for s in range(0, B, step):
+            e = min(s + step, B)
+            self._estimating_seeds = seeds[s:e]  # rows in flight (read by tests' forward hooks)
+            try:
+                with self.accelerator.autocast():
+                    chunks.append(
+                        self.estimator(
+                            dlm,
+                            prompt_ids[s:e],
+                            completion_ids[s:e],
+                            completion_mask[s:e],
+                            generator=row_generators(seeds[s:e].cpu()),
+                            prompt_attention_mask=prompt_mask[s:e],
+                        ).float()
+                    )
+            finally:
+                self._estimating_seeds = None
+        self._last_estimate_nfe = int(self.estimator.nfe(L)) * B
+        return torch.cat(chunks, 0), None, None
+
+    def _compute_loss(self, model, inputs):
+        mode = "train" if self.model.training else "eval"
+        k = self._inner_iteration()
+        batch = dict(inputs)
+        batch["inner_iteration"] = k
+        seeds = inputs["mask_seeds"]
+        batch["mask_seeds"] = seeds[:, k] if seeds.dim() == 2 else seeds
+        for key in ("old_per_token_logps", "ref_per_token_logps"):
+            value = inputs.get(key)
+            if value is not None and value.dim() == 3:
+                batch[key] = value[:, k]
+        if k == 0 and (self._iteration0_on_policy or mode == "eval"):
+            batch["old_per_token_logps"] = None  # the current estimate, detached
+        loss, metrics = self.compute_policy_loss(model, batch)
+        if mode == "train":
+            loss = loss / self.current_gradient_accumulation_steps
+        self._log_metrics(mode, metrics)
+        self._metrics[mode]["nfe/total"] = [
+            self.accelerator.gather(
+                torch.tensor(sum(self.nfe_counts.values()), device=self.accelerator.device)
+            ).sum().item()
+        ]
+        return loss
+
+    # ------------------------------------------------------------------ for subclasses and users
+
+    def estimate_logps(self, model, inputs: dict, seeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-token estimates ``[B, L]`` of ``model`` (grad enabled if it is) for the batch rows,
+        on the masks of ``seeds`` (default: this inner iteration's ``inputs["mask_seeds"]``)."""
+        seeds = inputs["mask_seeds"] if seeds is None else seeds
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)  # [B, P+L]
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
+        with self.mask_seeds(seeds):
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, inputs["completion_ids"].shape[1]
+            )
+        self.nfe_counts["policy"] += self._last_estimate_nfe
+        return logps
+
+    def old_logps(self, inputs: dict, logps: torch.Tensor) -> torch.Tensor:
+        """The rollout policy's estimate ``[B, L]`` on this iteration's masks (``logps.detach()`` when on-policy)."""
+        old = inputs.get("old_per_token_logps")
+        return logps.detach() if old is None else old
+
+    def compute_policy_loss(self, model, inputs: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of one micro-batch → ``(loss, metrics)``; override this to change the objective.
+
+        ``inputs`` holds TRL's batch for this inner iteration: ``prompt_ids``, ``prompt_mask``,
+        ``completion_ids``, ``completion_mask`` ``[B, L]``, ``advantages`` ``[B]``,
+        ``mask_seeds`` ``[B]``, ``old_per_token_logps`` ``[B, L]`` (``None`` when on-policy:
+        use :meth:`old_logps`), ``ref_per_token_logps`` ``[B, L]`` (with β > 0),
+        ``inner_iteration``. Use :meth:`estimate_logps` for the current policy's estimate.
+        The returned loss is scaled for gradient accumulation by the caller.
+        """
+        raise NotImplementedError
+
+    def _needs_old_estimates(self) -> bool:
+        return True
+
+    def _score_rollout(self, out: dict) -> None:
+        """Old and reference estimates ``[B, μ, L]`` for the iterations that need them (no grad)."""
+        seeds = out["mask_seeds"]  # [B, μ]
+        B, mu = seeds.shape
+        L = out["completion_ids"].shape[1]
+        shared = self._shared_masks()
+        canon = (lambda k: 0) if shared else (lambda k: k)
+        on_policy0 = self._iteration0_on_policy or not self.model.training
+        batch = {
+            "prompt_ids": out["prompt_ids"], "prompt_mask": out["prompt_mask"],
+            "completion_ids": out["completion_ids"], "completion_mask": out["completion_mask"],
+        }
+        bs = self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
+
+        def estimates(model, ks, counter):
+            table = {}
+            for k in sorted({canon(k) for k in ks}):
+                table[k] = self._estimate_chunked(model, batch, seeds[:, k], bs)
+                self.nfe_counts[counter] += self._last_estimate_nfe
+            full = torch.full((B, mu, L), float("nan"), device=out["completion_ids"].device)
+            for k in ks:
+                full[:, k] = table[canon(k)]
+            return full
+
+        if self._needs_old_estimates():
+            need_old = [k for k in range(mu) if not (k == 0 and on_policy0)]
+            if need_old:
+                out["old_per_token_logps"] = estimates(self.model, need_old, "old")
+        if self.beta != 0.0:
+            with self._reference_policy() as ref:
+                out["ref_per_token_logps"] = estimates(ref, list(range(mu)), "ref")
+
+    def _estimate_chunked(self, model, batch: dict, seeds: torch.Tensor, batch_size: int | None) -> torch.Tensor:
+        input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+        attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+        with self.mask_seeds(seeds):
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, batch["completion_ids"].shape[1], batch_size=batch_size
+            )
+        return logps
+
+    def _log_metrics(self, mode: str, metrics: dict[str, torch.Tensor]) -> None:
+        device = self.accelerator.device
+        for name in sorted(metrics):
+            value = metrics[name].detach().float().reshape(-1).mean().reshape(1).to(device)
+            self._metrics[mode][name].append(self.accelerator.gather(value).nanmean().item())
+
+
+__all__ = ["DLMConfig", "MASK_SCHEDULES", "REFERENCES", "derive_seeds", "mix_seed"]
+
+# Documented for users: the environment variables that also keep TRL / the Hub client quiet.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+def ensure_offline_env() -> None:
+    """Set ``HF_HUB_DISABLE_TELEMETRY=1`` (and ``HF_HUB_OFFLINE=1`` unless already set)."""
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)

@@ -1,0 +1,234 @@
+"""DMPO — Distribution Matching Policy Optimization (arXiv 2510.08233), with the optional
+proximal tempering of PDNS (arXiv 2510.03824).
+
+Match the reward-tilted target ``p*(y|q) ∝ p_ref(y|q) exp(r(q, y)/α)`` by weighted denoising
+cross-entropy (WDCE):
+
+* at each rollout, per group of the ``G`` rollouts of a prompt — gathered across processes, as
+  TRL gathers rewards, so the group is never a per-device slice — the importance weights
+  ``w = softmax_G(c·(ℓ + r/α))`` with ``ℓ = log p_ref(y) − log p_v(y)`` (p_v = the policy that
+  sampled; both ELBOs from the configured estimator on the *same* masks; ℓ = 0 at the start);
+* baseline subtraction ``ŵ = w − b`` with ``b = softmax_G(c·(ℓ − r/α))`` (``"negative_tilt"``,
+  default: weights sum to zero, best samples pushed up, worst pushed down), ``"mean"`` (1/G) or
+  ``"none"``; the weights are detached and reused for the μ inner iterations;
+* loss ``Σ_b ŵ_b (1/R) Σ_r (1/m_{b,r}) Σ_{i masked} CE_i`` with ``R`` replicates in antithetic
+  pairs (replicate ``r + R/2`` masks the complement of replicate ``r``), mask rate
+  ``λ = 0.1 + 0.9·U``, ``m`` the realised mask count (≥ 1); fresh masks every inner iteration;
+* ``c`` < 1 (``target_ess``): each refresh, per group, the largest ``c ≤ weight_temperature``
+  whose weights reach the target effective sample size ``1/(G Σ w²)`` (PDNS).
+
+Rewards enter through TRL's advantages with ``scale_rewards="none"`` (``R − mean_G R``): a
+per-group shift leaves both softmaxes unchanged.
+
+Hooks: the base's (``_generate_single_turn``, ``_generate_and_score_completions``,
+``_get_per_token_logps_and_entropies``, ``_compute_loss``, ``_send_telemetry``); this class
+overrides the base's ``_score_rollout`` (adds the weights to TRL's batch as
+``dmpo_weights [B]``) and implements :meth:`DMPOTrainer.compute_policy_loss`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..losses import (
+    BASELINES,
+    LENGTH_MODES,
+    denoising_cross_entropy,
+    dmpo_weights,
+    ess_temperature,
+    wdce_loss,
+)
+from ..masking import apply_mask, token_log_probs
+from ._base import DLMConfig, _DLMTrainerBase, derive_seeds
+
+LIKELIHOOD_STREAM = 0x4C52
+WDCE_STREAM = 0x5744
+
+
+@dataclass
+class DMPOConfig(DLMConfig):
+    """Configuration of :class:`DMPOTrainer`; defaults follow the paper."""
+
+    estimator: str = field(
+        default="sdmc_elbo",
+        metadata={"help": "Estimator of the ELBOs in the log-ratio ℓ = log p_ref − log p_v (shared masks)."},
+    )
+    alpha: float = field(default=0.04, metadata={"help": "Temperature α of the target p_ref · exp(r/α)."})
+    weight_temperature: float = field(
+        default=1.0, metadata={"help": "c in softmax_G(c·(ℓ + r/α)); with target_ess it is the largest c allowed."}
+    )
+    target_ess: float | None = field(
+        default=None,
+        metadata={
+            "help": "PDNS tempering: choose c per group at each refresh so that the normalised effective sample "
+            "size 1/(G Σ w²) reaches this target (e.g. 0.7); unset = fixed c."
+        },
+    )
+    weight_baseline: str = field(
+        default="negative_tilt",
+        metadata={"help": f"Baseline subtracted from the weights, one of {BASELINES}."},
+    )
+    num_replicates: int = field(default=4, metadata={"help": "R masked replicates per rollout in the WDCE loss."})
+    antithetic: bool = field(
+        default=True, metadata={"help": "Replicate r + R/2 masks the complement of replicate r (R must be even)."}
+    )
+    min_mask_rate: float = field(
+        default=0.1, metadata={"help": "Mask rate λ = min_mask_rate + (1 - min_mask_rate)·U of each replicate."}
+    )
+    wdce_length: str = field(
+        default="padded",
+        metadata={
+            "help": f"Maskable positions of the WDCE loss, one of {LENGTH_MODES}: 'padded' (all L sampled positions, "
+            "EOS padding included) or 'true' (up to and including the first EOS)."
+        },
+    )
+    beta: float = field(default=0.0, metadata={"help": "Must stay 0: DMPO has no KL term (see alpha)."})
+    num_iterations: int = field(default=8, metadata={"help": "Inner iterations μ reusing the detached weights."})
+    num_generations: int | None = field(default=16, metadata={"help": "Group size G (DMPO: 16)."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Rows per device and micro-batch."})
+    learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate (DMPO: 1e-6)."})
+    max_grad_norm: float = field(default=0.2, metadata={"help": "Gradient clipping norm (DMPO: 0.2)."})
+    max_completion_length: int | None = field(
+        default=256, metadata={"help": "Completion length L (= gen_length)."}
+    )
+
+    def _check_dlm_fields(self) -> None:
+        if self.num_generations is not None and self.num_generations < 2:
+            raise ValueError(
+                f"num_generations={self.num_generations}: DMPO's weights are a softmax over the G rollouts of a prompt, "
+                "so G = 1 carries no signal (every weight is 1, and 0 after the baseline); use num_generations ≥ 2 "
+                "(the paper uses 16)"
+            )
+        if self.beta != 0.0:
+            raise ValueError(
+                f"beta={self.beta}: DMPO has no KL penalty — the reference enters through the target "
+                "p_ref · exp(r/alpha); set beta=0 and tune alpha instead"
+            )
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if self.weight_temperature <= 0:
+            raise ValueError(f"weight_temperature (c) must be > 0, got {self.weight_temperature}")
+        if self.target_ess is not None and not 0.0 < self.target_ess <= 1.0:
+            raise ValueError(f"target_ess is a fraction in (0, 1] (e.g. 0.7), got {self.target_ess}")
+        if self.weight_baseline not in BASELINES:
+            raise ValueError(f"weight_baseline must be one of {BASELINES}, got {self.weight_baseline!r}")
+        if self.num_replicates < 1 or (self.antithetic and self.num_replicates % 2):
+            raise ValueError(
+                f"num_replicates={self.num_replicates}: use a positive even number with antithetic=True "
+                "(pairs of complementary masks), or set antithetic=False"
+            )
+        if not 0.0 <= self.min_mask_rate < 1.0:
+            raise ValueError(f"min_mask_rate must be in [0, 1), got {self.min_mask_rate}")
+        if self.wdce_length not in LENGTH_MODES:
+            raise ValueError(f"wdce_length must be one of {LENGTH_MODES}, got {self.wdce_length!r}")
+        if self.scale_rewards not in ("none", False):
+            raise ValueError(
+                f"scale_rewards={self.scale_rewards!r}: DMPO tilts by the raw reward r/alpha, so the advantages must "
+                "be R - mean(R) only; set scale_rewards='none' (scale the reward through alpha instead)"
+            )
+        if self.multi_objective_aggregation != "sum_then_normalize":
+            raise ValueError("DMPO needs multi_objective_aggregation='sum_then_normalize' (a weighted reward sum)")
+        super()._check_dlm_fields()
+
+
+class DMPOTrainer(_DLMTrainerBase):
+    """DMPO (arXiv 2510.08233): WDCE with group-softmax importance weights toward
+    ``p_ref · exp(r/α)``; optional ESS-targeted tempering (PDNS, arXiv 2510.03824).
+
+    Overrides, beyond the base's TRL hooks: ``_score_rollout`` (the weights) and
+    :meth:`compute_policy_loss` (the WDCE loss).
+    """
+
+    _name = "DMPO"
+    _paper = {"title": "Distribution Matching Policy Optimization for diffusion language models", "id": "2510.08233"}
+    config_class = DMPOConfig
+
+    def _uses_reference(self, args) -> bool:
+        return args.reference == "initial"
+
+    def _needs_old_estimates(self) -> bool:
+        return False  # no ratio: the weights are computed once per rollout
+
+    def _sequence_elbo(self, model, out: dict, seeds: torch.Tensor) -> torch.Tensor:  # [B]
+        bs = self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
+        logps = self._estimate_chunked(model, out, seeds, bs)  # [B, L]
+        return (logps * out["completion_mask"]).sum(1)
+
+    def _score_rollout(self, out: dict) -> None:
+        super()._score_rollout(out)
+        device = self.accelerator.device
+        B = out["completion_ids"].shape[0]
+        G = self.num_generations if self.model.training else self.num_generations_eval
+        if self.args.reference == "initial":
+            seeds = derive_seeds(out["mask_seeds"][:, 0], LIKELIHOOD_STREAM)  # shared by p_v and p_ref
+            logp_v = self._sequence_elbo(self.model, out, seeds)
+            self.nfe_counts["old"] += self._last_estimate_nfe
+            with self._reference_policy() as ref:
+                logp_ref = self._sequence_elbo(ref, out, seeds)
+            self.nfe_counts["ref"] += self._last_estimate_nfe
+            ell = (logp_ref - logp_v).float()  # [B]
+        else:
+            ell = torch.zeros(B, device=device)
+        ell_all = self.accelerator.gather(ell)  # [N] process order = TRL's global order
+        reward_all = self.accelerator.gather(out["advantages"].float())  # R - mean_G(R)
+        alpha = self.args.alpha
+        c: float | torch.Tensor = self.args.weight_temperature
+        if self.args.target_ess is not None:
+            scores = (ell_all + reward_all / alpha).view(-1, G)
+            c = ess_temperature(scores, self.args.target_ess, c_max=self.args.weight_temperature)
+        w_hat, metrics = dmpo_weights(
+            ell_all, reward_all, group_size=G, alpha=alpha, c=c, baseline=self.args.weight_baseline
+        )
+        start = self.accelerator.process_index * B
+        out["dmpo_weights"] = w_hat[start : start + B].to(device)  # [B]
+        mode = "train" if self.model.training else "eval"
+        metrics["weights/c_mean"] = torch.as_tensor(c, dtype=torch.float32).mean()
+        for name, value in sorted(metrics.items()):
+            self._metrics[mode][f"dmpo/{name}"].append(float(value))
+
+    def wdce_masks(self, seeds: torch.Tensor, maskable: torch.Tensor) -> torch.Tensor:  # [B, R, L] bool
+        """The R replicate masks of each row from its own generator (seeded by ``seeds [B]``)."""
+        R = self.args.num_replicates
+        draws = R // 2 if self.args.antithetic else R
+        lo = self.args.min_mask_rate
+        rows = []
+        for s, can in zip(seeds.tolist(), maskable.cpu(), strict=True):
+            g = torch.Generator().manual_seed(int(s))
+            reps = []
+            for _ in range(draws):
+                lam = lo + (1.0 - lo) * torch.rand((), generator=g).item()
+                reps.append((torch.rand(can.shape, generator=g) < lam) & can)
+            if self.args.antithetic:
+                reps += [can & ~m for m in reps]
+            rows.append(torch.stack(reps))
+        return torch.stack(rows).to(maskable.device)
+
+    def compute_policy_loss(self, model, inputs):
+        prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]  # [B, P], [B, L]
+        B, P = prompt_ids.shape
+        L = completion_ids.shape[1]
+        R = self.args.num_replicates
+        if self.args.wdce_length == "padded":
+            maskable = torch.ones(B, L, dtype=torch.bool, device=completion_ids.device)
+        else:
+            maskable = inputs["completion_mask"].bool()
+        noise = self.wdce_masks(derive_seeds(inputs["mask_seeds"], WDCE_STREAM), maskable)  # [B, R, L]
+        ids = torch.cat([prompt_ids, completion_ids], 1).repeat_interleave(R, 0)  # [B*R, P+L]
+        full_noise = torch.cat(
+            [torch.zeros(B * R, P, dtype=torch.bool, device=ids.device), noise.reshape(B * R, L)], 1
+        )  # [B*R, P+L]
+        noisy = apply_mask(ids, full_noise, self.mask_token_id)
+        attn = torch.cat([inputs["prompt_mask"], torch.ones_like(inputs["completion_mask"])], 1)
+        attn = attn.repeat_interleave(R, 0)  # [B*R, P+L]
+        with self.accelerator.autocast():
+            logits = self.as_dlm(model)(noisy, attention_mask=attn)  # [B*R, P+L, V]
+        logps = token_log_probs(logits[:, P:], completion_ids.repeat_interleave(R, 0)).view(B, R, L)
+        self.nfe_counts["policy"] += B * R
+        ce = denoising_cross_entropy(logps, noise)  # [B]
+        G = self.num_generations if self.model.training else self.num_generations_eval
+        return wdce_loss(ce, inputs["dmpo_weights"], group_size=G)
+
+
+__all__ = ["DMPOConfig", "DMPOTrainer"]

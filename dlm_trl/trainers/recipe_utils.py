@@ -1,0 +1,194 @@
+"""Building blocks of the runnable recipes in ``recipes/`` (kept here so the recipes stay linear).
+
+* :class:`RecipeArguments` — task, data and held-out evaluation options (parsed by ``TrlParser``
+  next to a trainer config and ``trl.ModelConfig``);
+* :func:`load_policy` — model, tokenizer and optional LoRA config from ``ModelConfig``
+  (``"tiny"`` = the embedded model, offline);
+* :func:`heldout_eval` — d1-protocol accuracy (temperature 0) on the task's test split;
+* :class:`RewardCurveCallback` — the logged mean reward per step, with wall-clock and NFE;
+* :func:`write_report` — ``report.json`` and ``report.png`` (reward curve, accuracy before/after).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from ..evaluation import evaluate
+from ..tasks import get_task
+
+
+@dataclass
+class RecipeArguments:
+    """Task, data and evaluation options of a recipe."""
+
+    task: str = field(default="countdown", metadata={"help": "Task: countdown, sudoku or gsm8k (see dlm_trl.tasks)."})
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={"help": "Reward names (entry points of dlm_trl.rewards or 'module:attr'); default: the task's reward."},
+    )
+    num_train_prompts: int = field(default=256, metadata={"help": "Training prompts drawn from the task's train split."})
+    prompt_seed: int = field(default=0, metadata={"help": "Seed of the training prompts."})
+    data_path: str | None = field(default=None, metadata={"help": "Local data directory (GSM8K)."})
+    eval_samples: int = field(
+        default=200, metadata={"help": "Held-out prompts evaluated before and after training (0 skips evaluation)."}
+    )
+    eval_seed: int = field(default=0, metadata={"help": "Seed of the held-out prompts."})
+    eval_batch_size: int = field(default=50, metadata={"help": "Rows per batch in the held-out evaluation."})
+    eval_gen_length: int | None = field(
+        default=None, metadata={"help": "Generation length of the evaluation (default: the training gen_length)."}
+    )
+    eval_block_length: int | None = field(
+        default=None, metadata={"help": "Block length of the evaluation (default: the training block_length)."}
+    )
+    eval_steps_ratio: float = field(
+        default=0.5, metadata={"help": "Evaluation sampler steps = ratio × eval_gen_length (d1: 0.5)."}
+    )
+    torch_threads: int | None = field(
+        default=None,
+        metadata={"help": "torch intra-op threads (the tiny CPU defaults use 1: faster than 2 on a shared 2-core box)."},
+    )
+    train_minutes: float | None = field(
+        default=None, metadata={"help": "Stop training after this many minutes of wall-clock (besides max_steps)."}
+    )
+
+
+def load_policy(model_args, training_args):
+    """``(model, tokenizer, peft_config)`` for ``ModelConfig`` (``model_name_or_path`` unset → the tiny model)."""
+    from trl import get_peft_config, get_quantization_config
+
+    from ..models import load_model, load_tokenizer
+
+    name = model_args.model_name_or_path or "tiny"
+    model_args.model_name_or_path = name
+    kwargs: dict[str, Any] = {}
+    if model_args.dtype not in (None, "auto"):
+        kwargs["dtype"] = model_args.dtype
+    quantization = get_quantization_config(model_args)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+    if model_args.attn_implementation is not None:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if training_args.trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    model = load_model(name, **kwargs)
+    tokenizer = load_tokenizer(name)
+    tokenizer.padding_side = "left"
+    return model, tokenizer, get_peft_config(model_args)
+
+
+def train_dataset(script_args: RecipeArguments):
+    kwargs = {"data_path": script_args.data_path} if script_args.data_path else {}
+    return get_task(script_args.task).dataset("train", script_args.num_train_prompts, seed=script_args.prompt_seed, **kwargs)
+
+
+def heldout_eval(model, tokenizer, script_args: RecipeArguments, training_args, *, progress: bool = True) -> dict | None:
+    """Accuracy on ``eval_samples`` test prompts (temperature 0, d1 protocol); ``None`` when disabled."""
+    if script_args.eval_samples <= 0:
+        return None
+    gen_length = script_args.eval_gen_length or training_args.gen_length
+    block = script_args.eval_block_length or min(training_args.block_length, gen_length)
+    nb = gen_length // block
+    steps = max(nb, int(round(gen_length * script_args.eval_steps_ratio)) // nb * nb)
+    result = evaluate(
+        script_args.task,
+        model=model,
+        tokenizer=tokenizer,
+        num_samples=script_args.eval_samples,
+        seed=script_args.eval_seed,
+        gen_length=gen_length,
+        block_length=block,
+        steps=steps,
+        temperature=0.0,
+        batch_size=script_args.eval_batch_size,
+        progress=progress,
+        data_path=script_args.data_path,
+    )
+    return {k: result[k] for k in ("task", "num_samples", "accuracy", "mean_reward", "seconds", "sampler")}
+
+
+class RewardCurveCallback(TrainerCallback):
+    """Records ``(step, seconds since train start, mean reward, cumulative NFE)`` at every log."""
+
+    def __init__(self):
+        self.points: list[dict[str, float]] = []
+        self._t0: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._t0 = time.time()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "reward" in logs:
+            self.points.append(
+                {
+                    "step": int(state.global_step),
+                    "seconds": round(time.time() - (self._t0 or time.time()), 2),
+                    "reward": float(logs["reward"]),
+                    "nfe_total": float(logs.get("nfe/total", float("nan"))),
+                }
+            )
+
+
+class TimeBudgetCallback(TrainerCallback):
+    """Stops training once ``minutes`` of wall-clock have passed since it began (checked every step)."""
+
+    def __init__(self, minutes: float | None):
+        self.seconds = None if minutes is None else 60.0 * float(minutes)
+        self._t0: float | None = None
+        self.stopped_early = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._t0 = time.time()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.seconds is not None and self._t0 is not None and time.time() - self._t0 > self.seconds:
+            control.should_training_stop = True
+            self.stopped_early = True
+
+
+def write_report(output_dir: str, *, title: str, curve: list[dict], before: dict | None, after: dict | None,
+                 extra: dict | None = None) -> dict:
+    """Write ``report.json`` and ``report.png`` under ``output_dir``; return the report."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"title": title, "reward_curve": curve, "heldout_before": before, "heldout_after": after, **(extra or {})}
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [2.2, 1]})
+    ax = axes[0]
+    if curve:
+        ax.plot([p["step"] for p in curve], [p["reward"] for p in curve], marker=".", lw=1)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("mean training reward")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    labels, values = [], []
+    for name, r in (("before", before), ("after", after)):
+        if r is not None:
+            labels.append(name)
+            values.append(100 * r["accuracy"])
+    ax.bar(labels, values, color=["#999999", "#2a7ab9"][: len(values)])
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:.1f}%", ha="center", va="bottom")
+    n = (after or before or {}).get("num_samples", 0)
+    ax.set_title(f"held-out accuracy (n={n})")
+    ax.set_ylim(0, max(values + [1.0]) * 1.25)
+    fig.tight_layout()
+    fig.savefig(out / "report.png", dpi=110)
+    plt.close(fig)
+    return report
+
+
+__all__ = ["RecipeArguments", "RewardCurveCallback", "TimeBudgetCallback", "heldout_eval", "load_policy", "train_dataset", "write_report"]

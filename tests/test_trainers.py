@@ -1,0 +1,383 @@
+"""The three DLM trainers on a tiny random model built in-process (CPU, a few seconds each).
+
+* each trainer takes two optimiser steps and every trainable parameter changes;
+* common random numbers: a forward hook on the model records every noisy input; the old,
+  reference and current estimates of a row in an inner iteration see identical masks, and
+  fresh masks differ across inner iterations (fixed ones do not);
+* GDPO's ratio is exactly 1 on the first inner step (and ≈ 1 when the old estimate is a
+  separate forward on the same masks);
+* DMPO's baseline-subtracted weights sum to zero per group;
+* a user subclass overriding the loss and a user estimator plug in as documented;
+* configs reject invalid combinations with a message that says how to fix them;
+* no telemetry is sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from dlm_trl.masking import apply_mask, token_log_probs  # noqa: E402
+from dlm_trl.models import TinyDLMConfig, TinyDLMForMaskedDiffusion  # noqa: E402
+from dlm_trl.models.tiny.train import build_tokenizer  # noqa: E402
+from dlm_trl.tasks import get_task  # noqa: E402
+from dlm_trl.trainers import (  # noqa: E402
+    DiffuGRPOConfig,
+    DiffuGRPOTrainer,
+    DMPOConfig,
+    DMPOTrainer,
+    GDPOConfig,
+    GDPOTrainer,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The test machines are shared: one intra-op thread is several times faster under contention.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    rows = get_task("countdown").rows("train", 40, seed=1)
+    corpus = [r["prompt"][0]["content"] for r in rows] + [r["reference"] for r in rows]
+    return build_tokenizer(corpus, vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return get_task("countdown").dataset("train", 8, seed=0)
+
+
+def make_model(tokenizer, seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = TinyDLMConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=256, mask_token_id=tokenizer.mask_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+    )
+    return TinyDLMForMaskedDiffusion(cfg)
+
+
+def text_reward(prompts, completions, **kwargs):
+    """A deterministic reward that varies between completions (the random model never solves countdown)."""
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return [float(sum(map(ord, t)) % 5) / 4.0 for t in texts]
+
+
+COMMON = dict(
+    per_device_train_batch_size=4, num_generations=4, gradient_accumulation_steps=2, max_steps=2,
+    num_iterations=2, gen_length=8, block_length=4, diffusion_steps=4, learning_rate=1e-2, bf16=False,
+    use_cpu=True, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0,
+)
+
+
+def make_trainer(kind, tokenizer, dataset, tmp_path, model=None, **overrides):
+    trainer_cls, config_cls = {
+        "diffu_grpo": (DiffuGRPOTrainer, DiffuGRPOConfig),
+        "gdpo": (GDPOTrainer, GDPOConfig),
+        "dmpo": (DMPOTrainer, DMPOConfig),
+    }[kind]
+    ctor = {k: overrides.pop(k) for k in ("peft_config", "ref_model", "estimator") if k in overrides}
+    trainer_cls = overrides.pop("trainer_cls", trainer_cls)
+    args = config_cls(output_dir=str(tmp_path / kind), **{**COMMON, **overrides})
+    return trainer_cls(
+        model=model if model is not None else make_model(tokenizer), reward_funcs=[text_reward], args=args,
+        train_dataset=dataset, processing_class=tokenizer, **ctor,
+    )
+
+
+def snapshot(trainer):
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+def assert_all_changed(trainer, before):
+    after = dict(trainer.model.named_parameters())
+    unchanged = [n for n, p in before.items() if torch.equal(p, after[n].detach())]
+    assert not unchanged, f"parameters unchanged after training: {unchanged}"
+
+
+@pytest.mark.parametrize("kind", ["diffu_grpo", "gdpo", "dmpo"])
+def test_two_steps_change_every_parameter(kind, tokenizer, dataset, tmp_path):
+    trainer = make_trainer(kind, tokenizer, dataset, tmp_path)
+    before = snapshot(trainer)
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert_all_changed(trainer, before)
+    logs = {k for entry in trainer.state.log_history for k in entry}
+    assert "reward" in logs and "nfe/total" in logs
+    if kind == "dmpo":
+        assert {"dmpo/weights/ess_mean", "dmpo/weights/max", "wdce/ce_mean"} <= logs
+    else:
+        assert "ratio/mean" in logs
+    if kind == "diffu_grpo":
+        assert "kl" in logs  # β = 0.04 by default: a frozen copy of the initial policy is the reference
+
+
+class ForwardRecorder:
+    """Forward pre-hook: the mask pattern of every estimator forward, keyed by the row's seed."""
+
+    def __init__(self, trainer, tag):
+        self.trainer, self.tag, self.calls = trainer, tag, []
+
+    def __call__(self, module, args, kwargs):
+        seeds = self.trainer._estimating_seeds
+        if seeds is None:  # a sampler forward
+            return
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        masked = (ids == self.trainer.mask_token_id).cpu()  # [B*D, T]
+        D = masked.shape[0] // seeds.shape[0]
+        phase = "current" if torch.is_grad_enabled() else self.tag
+        for seed, rows in zip(seeds.tolist(), masked.view(seeds.shape[0], D, -1), strict=True):
+            self.calls.append((phase, seed, rows.clone()))
+
+
+def record_masks(trainer):
+    recorders = [ForwardRecorder(trainer, "old")]
+    handles = [trainer.model.register_forward_pre_hook(recorders[0], with_kwargs=True)]
+    if trainer.ref_model is not None:
+        recorders.append(ForwardRecorder(trainer, "ref"))
+        handles.append(trainer.ref_model.register_forward_pre_hook(recorders[1], with_kwargs=True))
+    return recorders, handles
+
+
+@pytest.mark.parametrize("kind", ["diffu_grpo", "gdpo"])
+def test_old_ref_current_share_masks_and_fresh_masks_change(kind, tokenizer, dataset, tmp_path):
+    trainer = make_trainer(kind, tokenizer, dataset, tmp_path, beta=0.04, max_steps=2)
+    trainer._iteration0_on_policy = False  # force a separate old forward for the first inner iteration too
+    recorders, handles = record_masks(trainer)
+    trainer.train()
+    for h in handles:
+        h.remove()
+    calls = [c for r in recorders for c in r.calls]
+    by_phase: dict[str, dict[int, torch.Tensor]] = {"old": {}, "ref": {}, "current": {}}
+    for phase, seed, rows in calls:
+        by_phase[phase].setdefault(seed, rows)
+        assert torch.equal(by_phase[phase][seed], rows)  # a seed always gives the same masks
+    current = by_phase["current"]
+    assert current, "no current-policy estimate was recorded"
+    for seed, rows in current.items():
+        assert torch.equal(by_phase["old"][seed], rows), "old and current masks differ for a row"
+        assert torch.equal(by_phase["ref"][seed], rows), "reference and current masks differ for a row"
+    # Fresh masks: the two inner iterations of a row use different seeds and different masks.
+    assert len(current) == 2 * 8  # 8 rows × 2 inner iterations (one rollout batch per 2 steps)
+    patterns = [rows for rows in current.values()]
+    distinct = {tuple(p.flatten().tolist()) for p in patterns}
+    assert len(distinct) > len(patterns) // 2
+
+
+def test_fixed_mask_schedule_reuses_masks_and_old_is_computed_once(tokenizer, dataset, tmp_path):
+    trainer = make_trainer("gdpo", tokenizer, dataset, tmp_path, mask_schedule="fixed", num_iterations=2)
+    trainer._iteration0_on_policy = False
+    recorders, handles = record_masks(trainer)
+    trainer.train()
+    for h in handles:
+        h.remove()
+    current_seeds = [seed for phase, seed, _ in recorders[0].calls if phase == "current"]
+    assert len(set(current_seeds)) == 8  # 8 rows, the same seed in both inner iterations
+    assert len(current_seeds) == 16
+    n = trainer.estimator.nfe(8)
+    assert trainer.nfe_counts["old"] == 8 * n  # one old estimate per row, not one per inner iteration
+
+
+def test_gdpo_ratio_exactly_one_on_first_inner_step(tokenizer, dataset, tmp_path, monkeypatch):
+    import dlm_trl.trainers.gdpo as gdpo
+
+    seen = []
+    original = gdpo.sequence_clipped_loss
+
+    def recording(logps, old, advantages, mask, **kw):
+        seq, seq_old = (logps * mask).sum(1), (old * mask).sum(1)
+        seen.append((trainer._inner_iteration(), torch.exp((seq - seq_old).detach() / mask.shape[1])))
+        return original(logps, old, advantages, mask, **kw)
+
+    monkeypatch.setattr(gdpo, "sequence_clipped_loss", recording)
+    trainer = make_trainer("gdpo", tokenizer, dataset, tmp_path)
+    trainer.train()
+    first = torch.cat([r for k, r in seen if k == 0])
+    later = torch.cat([r for k, r in seen if k == 1])
+    assert torch.equal(first, torch.ones_like(first))
+    assert not torch.allclose(later, torch.ones_like(later))  # the policy moved after the first step
+
+    # With the old estimate as its own forward (same masks), the first ratio is 1 up to float error.
+    seen.clear()
+    trainer = make_trainer("gdpo", tokenizer, dataset, tmp_path, max_steps=1)
+    trainer._iteration0_on_policy = False
+    trainer.train()
+    first = torch.cat([r for k, r in seen if k == 0])
+    assert torch.allclose(first, torch.ones_like(first), atol=1e-5)
+
+
+def test_dmpo_weights_sum_to_zero_per_group(tokenizer, dataset, tmp_path):
+    trainer = make_trainer("dmpo", tokenizer, dataset, tmp_path, max_steps=1, target_ess=0.7)
+    weights = []
+    original = trainer._score_rollout
+
+    def recording(out):
+        original(out)
+        weights.append(out["dmpo_weights"].clone())
+
+    trainer._score_rollout = recording
+    trainer.train()
+    w = torch.cat(weights).view(-1, 4)  # rows of a group are contiguous before TRL shuffles them
+    assert torch.allclose(w.sum(1), torch.zeros(w.shape[0]), atol=1e-6)
+    assert w.abs().sum() > 0
+    logged = {k: v for entry in trainer.state.log_history for k, v in entry.items()}
+    assert 0.25 <= logged["dmpo/weights/ess_mean"] <= 1.0
+    assert logged["dmpo/log_ratio/abs_max"] == 0.0  # p_v = p_ref at the first rollout, on shared masks
+
+
+def test_peft_reference_is_the_adapter_disabled_base(tokenizer, dataset, tmp_path):
+    from peft import LoraConfig
+
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    trainer = make_trainer("diffu_grpo", tokenizer, dataset, tmp_path, peft_config=peft_config)
+    assert trainer.ref_model is None
+    before = snapshot(trainer)
+    assert before and all("lora_" in n for n in before)
+    trainer.train()
+    assert_all_changed(trainer, before)
+    first_kl = next(e["kl"] for e in trainer.state.log_history if "kl" in e)
+    assert abs(first_kl) < 1e-6  # zero-initialised adapter: policy = reference at the start
+
+
+def test_explicit_reference_model(tokenizer, dataset, tmp_path):
+    ref = make_model(tokenizer, seed=1)
+    trainer = make_trainer("diffu_grpo", tokenizer, dataset, tmp_path, ref_model=ref, max_steps=1)
+    assert trainer.accelerator.unwrap_model(trainer.ref_model) is ref
+    assert not any(p.requires_grad for p in ref.parameters())
+    path = tmp_path / "saved"
+    make_model(tokenizer, seed=2).save_pretrained(path)
+    trainer = make_trainer("gdpo", tokenizer, dataset, tmp_path, ref_model=str(path), beta=0.01, max_steps=1)
+    assert trainer.ref_model is not None
+    trainer.train()
+
+
+class ConstantEstimator:
+    """A user estimator: one fully masked forward, log f(y_i | all masked) (no randomness)."""
+
+    name = "constant_user_estimator"
+    deterministic = True
+    calls = 0
+
+    def nfe(self, completion_length):
+        return 1
+
+    def __call__(self, model, prompt_ids, completion_ids, completion_mask, *, generator=None,
+                 prompt_attention_mask=None):
+        type(self).calls += 1
+        P = prompt_ids.shape[1]
+        ids = torch.cat([prompt_ids, completion_ids], 1)
+        noise = torch.zeros_like(ids, dtype=torch.bool)
+        noise[:, P:] = True
+        attn = None
+        if prompt_attention_mask is not None:
+            attn = torch.cat([prompt_attention_mask, torch.ones_like(completion_ids)], 1)
+        logits = model(apply_mask(ids, noise, model.mask_token_id), attention_mask=attn)
+        return token_log_probs(logits[:, P:], completion_ids) * completion_mask
+
+
+def test_user_estimator_by_instance_and_by_import_path(tokenizer, dataset, tmp_path):
+    ConstantEstimator.calls = 0
+    trainer = make_trainer("gdpo", tokenizer, dataset, tmp_path, estimator=ConstantEstimator(), max_steps=1)
+    trainer.train()
+    assert ConstantEstimator.calls > 0
+    assert trainer.nfe_counts["old"] == 8  # deterministic: one old estimate per row for both iterations
+
+    ConstantEstimator.calls = 0
+    trainer = make_trainer("gdpo", tokenizer, dataset, tmp_path, estimator=f"{__name__}:ConstantEstimator",
+                           max_steps=1)
+    assert isinstance(trainer.estimator, ConstantEstimator)
+    trainer.train()
+    assert ConstantEstimator.calls > 0
+
+
+class ReinforceGDPO(GDPOTrainer):
+    """A user subclass: plain REINFORCE on the ELBO instead of the clipped ratio."""
+
+    def compute_policy_loss(self, model, inputs):
+        logps = self.estimate_logps(model, inputs)
+        seq = (logps * inputs["completion_mask"]).sum(1) / logps.shape[1]
+        self.loss_calls = getattr(self, "loss_calls", 0) + 1
+        return -(inputs["advantages"] * seq).mean(), {"user/seq_elbo": seq.detach().mean()}
+
+
+def test_user_subclass_overriding_the_loss(tokenizer, dataset, tmp_path):
+    trainer = make_trainer("gdpo", tokenizer, dataset, tmp_path, trainer_cls=ReinforceGDPO, max_steps=1)
+    before = snapshot(trainer)
+    trainer.train()
+    assert trainer.loss_calls == 2  # two micro-batches
+    assert_all_changed(trainer, before)
+    assert any("user/seq_elbo" in e for e in trainer.state.log_history)
+
+
+@pytest.mark.parametrize(
+    "config_cls, kwargs, match",
+    [
+        (GDPOConfig, {"gen_length": 12, "block_length": 8}, "block_length"),
+        (GDPOConfig, {"gen_length": 16, "block_length": 8, "diffusion_steps": 3}, "diffusion_steps"),
+        (GDPOConfig, {"estimator": "sdmc_elb"}, "Did you mean 'sdmc_elbo'"),
+        (GDPOConfig, {"estimator_kwargs": {"num_nodez": 3}}, "estimator_kwargs"),
+        (GDPOConfig, {"beta": 0.1, "reference": "none"}, "reference='initial'"),
+        (GDPOConfig, {"use_vllm": True}, "leave it at False"),
+        (GDPOConfig, {"length_normalization": "mean"}, "padded"),
+        (DMPOConfig, {"num_generations": 1}, "num_generations ≥ 2"),
+        (DMPOConfig, {"beta": 0.04}, "set beta=0"),
+        (DMPOConfig, {"scale_rewards": "group"}, "scale_rewards='none'"),
+        (DMPOConfig, {"num_replicates": 3}, "even"),
+        (DiffuGRPOConfig, {"loss_type": "dapo"}, "bnpo"),
+        (DiffuGRPOConfig, {"importance_sampling_level": "sequence"}, "GDPOTrainer"),
+    ],
+)
+def test_config_rejects_invalid_combinations(config_cls, kwargs, match, tmp_path):
+    base = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none")
+    with pytest.raises(ValueError, match=match):
+        config_cls(**{**base, **kwargs})
+
+
+def test_config_maps_completion_length_and_defaults(tmp_path):
+    base = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none")
+    cfg = GDPOConfig(**base, max_completion_length=64, block_length=16)
+    assert cfg.gen_length == 64 and cfg.diffusion_steps == 32 and cfg.sampler_config().num_blocks == 4
+    cfg = DiffuGRPOConfig(**base, gen_length=48, block_length=16)
+    assert cfg.max_completion_length == 48 and cfg.epsilon == 0.5 and cfg.beta == 0.04
+    assert cfg.scale_rewards == "none" and cfg.estimator == "one_step_unmasking"
+    cfg = DMPOConfig(**base)
+    assert (cfg.alpha, cfg.num_generations, cfg.num_replicates, cfg.beta) == (0.04, 16, 4, 0.0)
+    for cls in (GDPOConfig, DMPOConfig, DiffuGRPOConfig):
+        import dataclasses
+
+        missing = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("help")]
+        assert not missing, f"{cls.__name__} fields without help: {missing}"
+
+
+def test_no_telemetry_is_sent(tokenizer, dataset, tmp_path, monkeypatch):
+    import trl.trainer.base_trainer as base_trainer
+
+    def boom(*args, **kwargs):
+        raise AssertionError("telemetry was sent")
+
+    monkeypatch.setattr(base_trainer, "send_telemetry", boom)
+    monkeypatch.delenv("CI", raising=False)
+    with contextlib.nullcontext():
+        make_trainer("gdpo", tokenizer, dataset, tmp_path)
+
+
+def test_model_given_by_path_loads_model_and_tokenizer(tokenizer, dataset, tmp_path):
+    path = tmp_path / "saved_policy"
+    make_model(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    args = GDPOConfig(output_dir=str(tmp_path / "by_path"), **{**COMMON, "max_steps": 1})
+    trainer = GDPOTrainer(model=str(path), reward_funcs=[text_reward], args=args, train_dataset=dataset)
+    assert trainer.processing_class.padding_side == "left"
+    assert trainer.mask_token_id == tokenizer.mask_token_id and trainer.model_family == "llada"
+    trainer.train()
