@@ -36,29 +36,43 @@ def question(numbers: list[int], target: int) -> str:
 
 
 def split_of(numbers: list[int], target: int, test_fraction: float = 0.2) -> str:
-    key = f"countdown:{sorted(numbers)}:{target}".encode()
+    key = f"countdown:{list(numbers)}:{target}".encode()
     bucket = int.from_bytes(hashlib.sha256(key).digest()[:4], "big") / 2**32
     return "test" if bucket < test_fraction else "train"
 
 
-def make_puzzle(rng: random.Random, *, max_number: int = 9, max_target: int = 99) -> dict | None:
-    """One puzzle ``{numbers, target, solution, reasoning}`` or ``None`` if the draw is rejected."""
-    nums = [rng.randint(1, max_number) for _ in range(3)]
-    a, b, c = rng.sample(nums, 3)
-    op1, op2 = rng.choice(OPS), rng.choice(OPS)
-    left_first = rng.random() < 0.5  # (a op1 b) op2 c   or   c op2 (a op1 b)
-    x = _apply(Fraction(a), op1, Fraction(b))
-    if x is None or x.denominator != 1 or x < 0:
-        return None
-    y = _apply(x, op2, Fraction(c)) if left_first else _apply(Fraction(c), op2, x)
+def make_puzzle(
+    rng: random.Random, *, max_number: int = 9, max_target: int = 99, ops: str = "+-*"
+) -> dict | None:
+    """One puzzle ``{numbers, target, solution, reasoning}`` or ``None`` if the draw is rejected.
+
+    The numbers are listed in the order the reference solution uses them,
+    ``(a op1 b) op2 c`` or ``a op1 (b op2 c)``; any correct equation is accepted by the
+    verifier, whatever its order or operators (``/`` included).
+    """
+    a, b, c = (rng.randint(1, max_number) for _ in range(3))
+    nums = [a, b, c]
+    op1, op2 = rng.choice(ops), rng.choice(ops)
+    left_first = rng.random() < 0.5  # (a op1 b) op2 c   or   a op1 (b op2 c)
+    if left_first:
+        x = _apply(Fraction(a), op1, Fraction(b))
+        if x is None or x.denominator != 1 or x < 0:
+            return None
+        y = _apply(x, op2, Fraction(c))
+    else:
+        x = _apply(Fraction(b), op2, Fraction(c))
+        if x is None or x.denominator != 1 or x < 0:
+            return None
+        y = _apply(Fraction(a), op1, x)
     if y is None or y.denominator != 1 or not (1 <= y <= max_target):
         return None
     x, y = int(x), int(y)
-    inner = f"{a}{op1}{b}"
     if left_first:
+        inner = f"{a}{op1}{b}"
         bare, wrapped, step2 = f"{inner}{op2}{c}", f"({inner}){op2}{c}", f"{x}{op2}{c}={y}"
     else:
-        bare, wrapped, step2 = f"{c}{op2}{inner}", f"{c}{op2}({inner})", f"{c}{op2}{x}={y}"
+        inner = f"{b}{op2}{c}"
+        bare, wrapped, step2 = f"{a}{op1}{inner}", f"{a}{op1}({inner})", f"{a}{op1}{x}={y}"
     expr = bare if _value(bare) == y else wrapped
     return {"numbers": nums, "target": y, "solution": expr, "reasoning": f"{inner}={x}, {step2}"}
 
@@ -117,7 +131,7 @@ def generate(split: str, num_samples: int, seed: int = 0, **kwargs) -> list[dict
         p = make_puzzle(rng, **kwargs)
         if p is None:
             continue
-        key = (tuple(sorted(p["numbers"])), p["target"])
+        key = (tuple(p["numbers"]), p["target"])
         if key in seen or split_of(p["numbers"], p["target"]) != split:
             continue
         seen.add(key)
