@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-all lint bench tiny-model eval clean
+.PHONY: setup demo test test-all lint bench rl-compare tiny-model eval clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/estimator_variance.py
 	$(BIN)/python benchmarks/reward_throughput.py
+
+# The three trainers under one wall-clock budget, 3 seeds (hours on 2 CPU cores).
+rl-compare: $(STAMP)
+	$(BIN)/python benchmarks/rl_compare.py
 
 # Rebuild the embedded model (fixed seed; ~20-30 minutes on 2 CPU cores).
 tiny-model: $(STAMP)
