@@ -29,6 +29,13 @@ these signatures changes):
 ``_send_telemetry``
     A no-op: nothing is sent anywhere (TRL would ping the Hub from ``__init__``).
 
+Checkpoints and failures (docs/scaleout.md; signatures guarded by tests/test_resume.py and
+tests/test_failures.py): ``_save_checkpoint`` / ``_get_output_dir`` write each checkpoint under
+``tmp-checkpoint-N`` and rename it once every rank is done (atomic), adding the per-rank rollout
+state that ``_load_optimizer_and_scheduler`` restores on resume; ``_calculate_rewards`` rejects (or
+skips) infinite rewards; ``_compute_loss`` stops every rank before the backward pass on a
+non-finite loss; ``_generate_single_turn`` turns an out-of-memory error into advice.
+
 Seeds: ``mask_seeds[b, k] = mix(seed, rollout, global row b, k)`` (``k`` = inner iteration;
 ``0`` for every ``k`` with ``mask_schedule="fixed"``). The quadrature node / Monte Carlo
 draw index is not part of the seed: an estimator draws all of a row's masks from that
@@ -46,6 +53,7 @@ import contextlib
 import copy
 import json
 import os
+import shutil
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -53,6 +61,7 @@ from typing import Any
 
 import torch
 from accelerate.utils import is_peft_model
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import GRPOConfig, GRPOTrainer
 from trl.extras.profiling import profiling_context
 from trl.models import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
@@ -67,6 +76,23 @@ from ..sampling import REMASKING_STRATEGIES, SamplerConfig, generate
 
 MASK_SCHEDULES = ("fresh", "fixed")
 REFERENCES = ("initial", "none")
+NONFINITE_POLICIES = ("error", "skip")
+#: Per-rank file in a checkpoint with the rollout state (rollout counter, TRL's micro-step and
+#: its buffered rollout batch when the checkpoint falls inside a rollout's inner iterations).
+ROLLOUT_STATE_NAME = "dlm_trl_rollout_state_{rank}.pt"
+#: Where a checkpoint is written before it is renamed to ``checkpoint-N`` (atomic save).
+STAGING_PREFIX = "tmp-"
+
+OOM_HINT = (
+    "out of memory while generating rollouts with the diffusion sampler. Knobs that reduce its memory, "
+    "roughly in order of effect: a smaller generation batch (per_device_train_batch_size x "
+    "steps_per_generation rows are sampled at once: lower per_device_train_batch_size, or lower "
+    "steps_per_generation / gradient_accumulation_steps), a shorter gen_length (activations grow with "
+    "prompt + gen_length), cfg_scale=0 (guidance doubles the batch), LoRA (--use_peft) instead of full "
+    "fine-tuning, and DeepSpeed ZeRO-3 (recipes/accelerate/zero3.yaml; with ds3_gather_for_generation=False "
+    "the full weights are never materialised at once, slower) or ZeRO-3 with CPU offload "
+    "(recipes/accelerate/zero3_offload.yaml). See docs/scaleout.md."
+)
 
 _MASK64 = (1 << 64) - 1
 # Stream tags keep the seeds of different uses of randomness apart.
@@ -184,6 +210,15 @@ class DLMConfig(GRPOConfig):
         default="none",
         metadata={"help": "Advantage scaling: 'none' (A = R - mean of the group, as d1 and GDPO), 'group' or 'batch'."},
     )
+    nonfinite: str = field(
+        default="error",
+        metadata={
+            "help": f"What to do with an infinite reward, one of {NONFINITE_POLICIES}: 'error' stops training with "
+            "a message naming the reward function; 'skip' treats the completion as unscorable (advantage 0, as "
+            "TRL does for a reward of None / NaN). A non-finite loss always stops training before the backward "
+            "pass and the optimizer step, on every rank, so the weights are never updated with it."
+        },
+    )
 
     # Options of GRPOConfig that the DLM trainers do not implement, with their neutral values.
     _UNSUPPORTED = {
@@ -218,6 +253,8 @@ class DLMConfig(GRPOConfig):
             raise ValueError(f"mask_schedule must be one of {MASK_SCHEDULES}, got {self.mask_schedule!r}")
         if self.reference not in REFERENCES:
             raise ValueError(f"reference must be one of {REFERENCES}, got {self.reference!r}")
+        if self.nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {self.nonfinite!r}")
         if self.beta != 0.0 and self.reference == "none":
             raise ValueError(
                 f"beta={self.beta} needs a reference policy but reference='none'; set reference='initial' "
@@ -380,6 +417,7 @@ class _DLMTrainerBase(GRPOTrainer):
         self._estimating_seeds: torch.Tensor | None = None
         self._trl_logps_off = False
         self._last_estimate_nfe = 0
+        self._checkpoint_staging: str | None = None
         #: Forward passes spent on this process, counted per sequence (rows × NFE per sequence).
         self.nfe_counts: dict[str, int] = defaultdict(int)
 
@@ -544,6 +582,11 @@ class _DLMTrainerBase(GRPOTrainer):
                         self.as_dlm(unwrapped), ids, config=self.sampler_config, prompt_attention_mask=attn,
                         generator=gens,
                     )
+            except torch.OutOfMemoryError as err:
+                raise torch.OutOfMemoryError(
+                    f"{OOM_HINT} (this rank sampled {B} rows of prompt width {ids.shape[1]} + gen_length "
+                    f"{self.sampler_config.gen_length}, {self.sampler_config.steps} steps). Original error: {err}"
+                ) from err
             finally:
                 unwrapped.train(was_training)
         self.nfe_counts["sampler"] += out.nfe * B
@@ -652,6 +695,7 @@ class _DLMTrainerBase(GRPOTrainer):
         if k == 0 and (self._iteration0_on_policy or mode == "eval"):
             batch["old_per_token_logps"] = None  # the current estimate, detached
         loss, metrics = self.compute_policy_loss(model, batch)
+        self._check_finite_loss(loss, metrics, k)
         if mode == "train":
             loss = loss / self.current_gradient_accumulation_steps
         self._log_metrics(mode, metrics)
@@ -661,6 +705,128 @@ class _DLMTrainerBase(GRPOTrainer):
             ).sum().item()
         ]
         return loss
+
+    # ------------------------------------------------------------------ failures, checkpoints and resuming
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """TRL's rewards ``[N, F]`` (gathered over processes), checked for infinities (``args.nonfinite``).
+
+        NaN keeps TRL's meaning (a reward function returned None: unscorable, advantage 0). The
+        values are gathered, so every rank takes the same decision (no rank is left waiting).
+        """
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        bad = torch.isinf(rewards)
+        if bad.any():
+            funcs = [self.reward_func_names[i] for i in bad.any(0).nonzero().flatten().tolist()]
+            if self.args.nonfinite == "error":
+                raise FloatingPointError(
+                    f"reward function(s) {funcs} returned an infinite reward for {int(bad.any(1).sum())} of "
+                    f"{rewards.shape[0]} completions (rollout {self._rollout_index}, step {self.state.global_step}); "
+                    "no update was made. Fix the reward (return None for an unscorable completion) or set "
+                    "nonfinite='skip' to give such completions advantage 0."
+                )
+            rewards = rewards.masked_fill(bad.any(1, keepdim=True), float("nan"))  # the whole row: unscorable
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["nonfinite/rewards_skipped"].append(float(bad.any(1).sum()))
+        return rewards
+
+    def _check_finite_loss(self, loss: torch.Tensor, metrics: dict, inner_iteration: int) -> None:
+        """Raise on every rank, before the backward pass, if the loss is NaN/inf on any rank."""
+        bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.gather(bad)  # [world]
+        if not bad.any():
+            return
+        ranks = bad.nonzero().flatten().tolist()
+        finite = {k: round(float(v.detach().float().mean()), 6) for k, v in sorted(metrics.items())}
+        raise FloatingPointError(
+            f"non-finite loss ({float(loss.detach())} here) on rank(s) {ranks} at optimizer step "
+            f"{self.state.global_step + 1}, inner iteration {inner_iteration}; training stopped before the backward "
+            "pass, so the weights and the optimizer state are those of the last completed step. Metrics of this "
+            f"micro-batch: {finite}. Usual causes: a learning rate too large for the algorithm (GDPO: 5e-7 to 1e-6 on "
+            "LLaDA-8B), bf16 overflow in exp(ratio) (try bf16=False / fp32 log-softmax estimators), or non-finite "
+            "weights from an earlier step (resume from the last checkpoint with a lower learning rate)."
+        )
+
+    def _get_output_dir(self, trial) -> str:
+        """The run directory, or the staging directory while a checkpoint is being written."""
+        return self._checkpoint_staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        """Atomic checkpoint: everything (model, optimizer, scheduler, RNG, trainer and rollout state; every
+        rank's DeepSpeed shards) is written under ``<output_dir>/tmp-checkpoint-N/``, then renamed to
+        ``checkpoint-N`` by the saving process once every rank has finished. A crash mid-save leaves only a
+        ``tmp-`` directory, which ``--resume_from_checkpoint`` (latest ``checkpoint-N``) never picks.
+        transformers 5 writes straight into ``checkpoint-N``, which a crash can leave half-written.
+        """
+        run_dir = super()._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging, final = os.path.join(run_dir, STAGING_PREFIX + name), os.path.join(run_dir, name)
+        if self.args.should_save and os.path.isdir(staging):
+            shutil.rmtree(staging)  # left by an earlier crash
+        self.accelerator.wait_for_everyone()
+        self._checkpoint_staging = staging
+        try:
+            super()._save_checkpoint(model, trial)  # → staging/checkpoint-N (HF's rotation sees only staging)
+            written = os.path.join(staging, name)
+            if not self.args.save_only_model:
+                self._save_rollout_state(written)
+        finally:
+            self._checkpoint_staging = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save and os.path.isdir(written):
+            best = self.state.best_model_checkpoint
+            if best is not None and os.path.abspath(best).startswith(os.path.abspath(staging) + os.sep):
+                self.state.best_model_checkpoint = final
+                self.state.save_to_json(os.path.join(written, "trainer_state.json"))
+            if os.path.isdir(final):  # an older run's checkpoint of the same step: replace it
+                shutil.rmtree(final)
+            os.replace(written, final)
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(
+                output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _save_rollout_state(self, output_dir: str) -> None:
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        mid_rollout = self._step % generate_every != 0
+        state = {
+            "rollout_index": self._rollout_index,
+            "step": self._step,
+            "nfe_counts": dict(self.nfe_counts),
+            "world_size": self.accelerator.num_processes,
+            # The rest of the current rollout batch: needed only when the checkpoint falls between its inner
+            # iterations (TRL would otherwise sample a new one, and the run would diverge from an uninterrupted one).
+            "buffered_inputs": _to_device(self._buffered_inputs, "cpu") if mid_rollout else None,
+        }
+        torch.save(state, os.path.join(output_dir, ROLLOUT_STATE_NAME.format(rank=self.accelerator.process_index)))
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, ROLLOUT_STATE_NAME.format(rank=self.accelerator.process_index))
+        if not os.path.isfile(path):
+            warnings.warn(
+                f"{checkpoint} has no dlm-trl rollout state ({os.path.basename(path)}): the rollout counter restarts "
+                "at 0, so the resumed run samples with other seeds than an uninterrupted one", stacklevel=2,
+            )
+            return
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self._rollout_index = int(state["rollout_index"])
+        self.nfe_counts.clear()
+        self.nfe_counts.update(state["nfe_counts"])
+        if state["world_size"] != self.accelerator.num_processes:
+            warnings.warn(
+                f"checkpoint written by {state['world_size']} processes, resumed on {self.accelerator.num_processes}: "
+                "a partly used rollout batch is dropped and a new one is sampled", stacklevel=2,
+            )
+            return
+        self._step = int(state["step"])
+        if state["buffered_inputs"] is not None:
+            self._buffered_inputs = _to_device(state["buffered_inputs"], self.accelerator.device)
 
     # ------------------------------------------------------------------ for subclasses and users
 
@@ -745,7 +911,18 @@ class _DLMTrainerBase(GRPOTrainer):
             self._metrics[mode][name].append(self.accelerator.gather(value).nanmean().item())
 
 
-__all__ = ["DLMConfig", "MASK_SCHEDULES", "REFERENCES", "derive_seeds", "mix_seed"]
+def _to_device(value, device):
+    """``value`` (tensors in nested lists / dicts) with every tensor moved to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
+
+
+__all__ = ["DLMConfig", "MASK_SCHEDULES", "NONFINITE_POLICIES", "OOM_HINT", "REFERENCES", "derive_seeds", "mix_seed"]
 
 # Documented for users: the environment variables that also keep TRL / the Hub client quiet.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
