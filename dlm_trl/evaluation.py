@@ -42,7 +42,7 @@ def encode_prompts(tokenizer, prompts: list, device=None) -> tuple[torch.Tensor,
 def decode_completions(tokenizer, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> list[str]:
     """Text of each completion up to (not including) its first EOS."""
     out = []
-    for ids, m in zip(completion_ids.tolist(), completion_mask.tolist()):
+    for ids, m in zip(completion_ids.tolist(), completion_mask.tolist(), strict=True):
         n = int(sum(m))
         toks = ids[:n]
         if toks and toks[-1] == tokenizer.eos_token_id:
@@ -134,7 +134,7 @@ def evaluate(
         result["samples"] = [
             {"prompt": r["prompt"][-1]["content"] if isinstance(r["prompt"], list) else r["prompt"],
              "completion": c, "reward": s, "correct": ok}
-            for r, c, s, ok in zip(rows, completions, scores, correct)
+            for r, c, s, ok in zip(rows, completions, scores, correct, strict=True)
         ]
     return result
 

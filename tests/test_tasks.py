@@ -2,8 +2,7 @@ import random
 
 import pytest
 
-from dlm_trl.tasks import TASKS, get_task
-from dlm_trl.tasks import countdown, gsm8k, sudoku
+from dlm_trl.tasks import TASKS, countdown, get_task, gsm8k, sudoku
 from dlm_trl.tasks.gsm8k import extract_final_answer
 
 
@@ -57,7 +56,7 @@ def test_sudoku_unique_and_reference_verifies_corruption_does_not():
     for r in rows:
         assert sudoku.count_solutions(r["puzzle"], limit=2) == 1
         assert sudoku.is_valid_solution(r["solution"])
-        assert all(p in ("0", s) for p, s in zip(r["puzzle"], r["solution"]))
+        assert all(p in ("0", s) for p, s in zip(r["puzzle"], r["solution"], strict=True))
     assert task.correct([r["reference"] for r in rows], rows) == [True] * len(rows)
     bad = []
     for r in rows:

@@ -10,9 +10,23 @@ import os
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, GenerationConfig
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    GenerationConfig,
+)
 
-from .adapters import DLM, FAMILIES, LLADA_MASK_ID, UnknownModelFamilyError, detect_family, resolve_mask_token_id
+from .adapters import (
+    DLM,
+    FAMILIES,
+    LLADA_MASK_ID,
+    UnknownModelFamilyError,
+    detect_family,
+    resolve_mask_token_id,
+)
 from .tiny import CHECKPOINT_DIR as TINY_CHECKPOINT_DIR
 from .tiny import TinyDLMConfig, TinyDLMForMaskedDiffusion
 

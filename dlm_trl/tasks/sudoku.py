@@ -72,7 +72,7 @@ def _random_solution(rng: random.Random) -> list[int]:
     cols = [2 * s + c for s in stacks for c in rng.sample([0, 1], 2)]
     grid = [[digits[BASE[r][c] - 1] for c in cols] for r in rows]
     if rng.random() < 0.5:
-        grid = [list(col) for col in zip(*grid)]
+        grid = [list(col) for col in zip(*grid, strict=True)]
     return [v for row in grid for v in row]
 
 

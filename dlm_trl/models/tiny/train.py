@@ -143,6 +143,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--train-puzzles", type=int, default=4000, help="countdown training puzzles (Sudoku puzzles are drawn for the tokenizer corpus only)")
     ap.add_argument("--eval-samples", type=int, default=200)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave default)")
+    ap.add_argument(
+        "--init-from", default=None,
+        help="continue training from this checkpoint (its tokenizer and architecture are kept)",
+    )
     args = ap.parse_args(argv)
 
     if args.threads:
@@ -153,7 +157,12 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     n_train = {"countdown": args.train_puzzles, "sudoku": max(200, args.train_puzzles // 4)}
     task_rows = {name: get_task(name).rows("train", n, seed=args.seed) for name, n in n_train.items()}
-    tokenizer = build_tokenizer(_corpus(task_rows), args.vocab_size)
+    if args.init_from:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.init_from)
+    else:
+        tokenizer = build_tokenizer(_corpus(task_rows), args.vocab_size)
     data = {}
     for name, rows in task_rows.items():
         if name not in TASK_MIX:
@@ -175,14 +184,19 @@ def main(argv: list[str] | None = None) -> dict:
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )
-    model = TinyDLMForMaskedDiffusion(config)
+    model = (
+        TinyDLMForMaskedDiffusion.from_pretrained(args.init_from, dtype=torch.float32)
+        if args.init_from
+        else TinyDLMForMaskedDiffusion(config)
+    )
+    config = model.config
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[tiny] {n_params / 1e6:.2f} M parameters, vocab {len(tokenizer)}")
 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     gen = torch.Generator().manual_seed(args.seed)
     rng = random.Random(args.seed)
-    names, weights = zip(*TASK_MIX.items())
+    names, weights = zip(*TASK_MIX.items(), strict=True)
     deadline = time.time() + 60 * args.max_minutes
     model.train()
     step, ema = 0, None
