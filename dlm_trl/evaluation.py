@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .sampling import SamplerConfig, generate
-from .tasks import get_task
+from .tasks import FILE_TASKS, get_task
 
 
 def encode_prompts(tokenizer, prompts: list, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,7 +89,7 @@ def evaluate(
     config = SamplerConfig(
         gen_length=gen_length, block_length=block_length, steps=steps, temperature=temperature, remasking=remasking
     )
-    kwargs = {"data_path": data_path} if task == "gsm8k" and data_path else {}
+    kwargs = {"data_path": data_path} if task in FILE_TASKS and data_path else {}
     rows = t_task.rows(split, num_samples, seed=seed, **kwargs)
     dev = model.device
     was_training = getattr(model.module, "training", False)

@@ -79,6 +79,34 @@ def test_nan_loss_stops_before_the_optimizer_step(data, tmp_path):
     assert max(steps) == after_step1["_adam_step"] == 1  # no optimizer step was taken with the NaN loss
 
 
+def test_nan_loss_step_is_skipped_when_configured(data, tmp_path):
+    """nonfinite='skip': the NaN step (step 2) changes neither the weights nor Adam's state; steps 1 and 3
+    are taken normally and training finishes."""
+    tok, ds = data
+    trainer = make_trainer("gdpo", tok, ds, tmp_path, trainer_cls=NaNAtStep2, max_steps=3, nonfinite="skip")
+    snaps = {}
+
+    from transformers import TrainerCallback
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            snaps[state.global_step] = (
+                {n: p.detach().clone() for n, p in trainer.model.named_parameters()},
+                max(int(s.get("step", 0)) for s in trainer.optimizer.state_dict()["state"].values()),
+            )
+
+    trainer.add_callback(Snapshot())
+    trainer.train()
+    assert trainer.state.global_step == 3
+    (w1, adam1), (w2, adam2), (w3, adam3) = snaps[1], snaps[2], snaps[3]
+    assert adam1 == adam2 == 1 and adam3 == 2  # step 2 took no optimizer step
+    assert all(torch.equal(w1[n], w2[n]) for n in w1), "the skipped step changed the weights"
+    assert any(not torch.equal(w2[n], w3[n]) for n in w2), "training did not go on after the skipped step"
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    logged = {k: v for e in trainer.state.log_history for k, v in e.items() if k.startswith("nonfinite/")}
+    assert logged.get("nonfinite/loss_skipped") == 1.0
+
+
 def test_inf_loss_is_reported_too(data, tmp_path):
     tok, ds = data
     trainer = make_trainer("dmpo", tok, ds, tmp_path, trainer_cls=InfLoss, max_steps=1)

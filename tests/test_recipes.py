@@ -17,6 +17,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from trl import ModelConfig, TrlParser  # noqa: E402
 
+from dlm_trl.tasks import get_task  # noqa: E402
 from dlm_trl.trainers.recipe_utils import RecipeArguments  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +63,7 @@ def test_yaml_config_parses(path):
     assert model_args.use_peft and model_args.lora_r == 128 and model_args.lora_alpha == 64
     assert args.gen_length == 256 == args.max_completion_length and args.block_length == 32
     assert script_args.task in path.stem and script_args.reward_funcs
+    assert get_task(script_args.task).name == script_args.task  # every config names a task that exists
     assert args.bf16
 
 

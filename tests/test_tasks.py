@@ -1,3 +1,4 @@
+import json
 import random
 
 import pytest
@@ -32,6 +33,19 @@ def test_countdown_puzzles_are_well_formed():
         assert 1 <= r["target"] <= 99
         assert countdown._value(_answer(r["reference"])) == r["target"]
     assert len({(tuple(r["numbers"]), r["target"]) for r in rows}) == 500
+
+
+def test_countdown_reasoning_is_left_to_right_and_consistent():
+    """The reference works ``a op1 b=x, x op2 c=y`` with the numbers in the listed order."""
+    for r in countdown.generate("train", 300, seed=1):
+        a, b, c = r["numbers"]
+        reasoning = r["reference"].split("<reasoning>\n", 1)[1].split("\n</reasoning>", 1)[0]
+        first, second = reasoning.split(", ")
+        lhs1, x = first.split("=")
+        lhs2, y = second.split("=")
+        assert lhs1[0] == str(a) and lhs1[-1] == str(b) and countdown._value(lhs1) == int(x)
+        assert lhs2.startswith(x) and lhs2[-1] == str(c) and countdown._value(lhs2) == int(y) == r["target"]
+        assert _answer(r["reference"]) == f"({lhs1}){lhs2[len(x):]}"
 
 
 def test_splits_are_disjoint_and_seeded():
@@ -84,4 +98,39 @@ def test_gsm8k_loader_reads_shared_data():
 def test_unknown_task_suggests():
     with pytest.raises(ValueError, match="countdown"):
         get_task("countdwn")
-    assert get_task().name == "countdown" and set(TASKS) == {"countdown", "sudoku", "gsm8k"}
+    assert get_task().name == "countdown" and set(TASKS) == {"countdown", "sudoku", "gsm8k", "math"}
+
+
+def test_math_task_reads_local_jsonl_and_scores_with_math_verify(tmp_path):
+    from dlm_trl.tasks import math as math_task
+
+    d = tmp_path / "math"
+    d.mkdir()
+    rows = [
+        {"problem": "What is $1+1$?", "solution": "We add: $1+1=\\boxed{2}$.", "level": "Level 1", "type": "Algebra"},
+        {"problem": "Simplify $\\frac{2}{4}$.", "solution": "It is $\\boxed{\\frac{1}{2}}$."},
+        {"problem": "Compute $3^2$.", "answer": "9"},
+    ]
+    (d / "test.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    task = get_task("math")
+    got = task.rows("test", None, data_path=str(tmp_path))
+    assert [r["answer"] for r in got] == ["2", "\\frac{1}{2}", "9"]
+    assert got[0]["prompt"][0]["role"] == "user" and "1+1" in got[0]["prompt"][0]["content"]
+    completions = ["<answer>\n2\n</answer>", "<answer>\n0.5\n</answer>", "<answer>\n8\n</answer>"]
+    assert task.correct(completions, got) == [True, True, False]
+    # the same files found through DLM_TRL_DATA_DIR, and a subset is seeded
+    assert len(math_task.generate("test", 2, seed=0, data_path=str(d))) == 2
+
+
+def test_math_task_errors_say_what_to_fix(tmp_path, monkeypatch):
+    from dlm_trl.tasks import math as math_task
+
+    monkeypatch.setenv("DLM_TRL_DATA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="--data_path"):
+        math_task.load_rows("test", tmp_path / "empty")
+    (tmp_path / "test.jsonl").write_text(json.dumps({"question": "x"}) + "\n")
+    with pytest.raises(ValueError, match="'problem'"):
+        math_task.load_rows("test", tmp_path)
+    (tmp_path / "test.jsonl").write_text(json.dumps({"problem": "x", "solution": "no box"}) + "\n")
+    with pytest.raises(ValueError, match="boxed"):
+        math_task.load_rows("test", tmp_path)

@@ -1,4 +1,4 @@
-"""Verifiable tasks: generators (Countdown, 4×4 Sudoku) and a GSM8K loader.
+"""Verifiable tasks: generators (Countdown, 4×4 Sudoku) and loaders for GSM8K and MATH.
 
 ``get_task(name)`` returns a :class:`Task`; ``task.dataset(split, n, seed)`` gives a
 ``datasets.Dataset`` in TRL's conversational format (column ``prompt``) plus the columns
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import countdown, gsm8k, sudoku
+from . import countdown, gsm8k, math, sudoku
 
 DEFAULT_TASK = "countdown"
 
@@ -67,7 +67,14 @@ TASKS: dict[str, Task] = {
         "gsm8k", "math_accuracy", gsm8k.generate, ("answer",), gen_length=256, block_length=32,
         description="GSM8K grade-school math from ../shared/data/gsm8k",
     ),
+    "math": Task(
+        "math", "math_accuracy", math.generate, ("answer",), gen_length=256, block_length=32,
+        description="MATH competition problems from a local JSONL (not shipped; see dlm_trl.tasks.math)",
+    ),
 }
+
+# Tasks read from files; they take ``data_path`` (the others are generated).
+FILE_TASKS = ("gsm8k", "math")
 
 
 def get_task(name: str | None = None) -> Task:

@@ -46,35 +46,28 @@ def make_puzzle(
 ) -> dict | None:
     """One puzzle ``{numbers, target, solution, reasoning}`` or ``None`` if the draw is rejected.
 
-    The numbers are listed in the order the reference solution uses them,
-    ``(a op1 b) op2 c`` or ``a op1 (b op2 c)``; any correct equation is accepted by the
-    verifier, whatever its order or operators (``/`` included).
+    The reference solution is always ``(a op1 b) op2 c`` with the numbers listed in that
+    order, and its reasoning works left to right (``a op1 b=x, x op2 c=y``), so every
+    step of the reference is a copy or one single-step calculation: the embedded tiny
+    model can learn it, and what is left to learn (which operators reach the target) is
+    the search RL improves. The verifier accepts any correct equation, whatever its order
+    or operators (``/`` included).
     """
     a, b, c = (rng.randint(1, max_number) for _ in range(3))
-    nums = [a, b, c]
     op1, op2 = rng.choice(ops), rng.choice(ops)
-    left_first = rng.random() < 0.5  # (a op1 b) op2 c   or   a op1 (b op2 c)
-    if left_first:
-        x = _apply(Fraction(a), op1, Fraction(b))
-        if x is None or x.denominator != 1 or x < 0:
-            return None
-        y = _apply(x, op2, Fraction(c))
-    else:
-        x = _apply(Fraction(b), op2, Fraction(c))
-        if x is None or x.denominator != 1 or x < 0:
-            return None
-        y = _apply(Fraction(a), op1, x)
+    x = _apply(Fraction(a), op1, Fraction(b))
+    if x is None or x.denominator != 1 or x < 0:
+        return None
+    y = _apply(x, op2, Fraction(c))
     if y is None or y.denominator != 1 or not (1 <= y <= max_target):
         return None
     x, y = int(x), int(y)
-    if left_first:
-        inner = f"{a}{op1}{b}"
-        bare, wrapped, step2 = f"{inner}{op2}{c}", f"({inner}){op2}{c}", f"{x}{op2}{c}={y}"
-    else:
-        inner = f"{b}{op2}{c}"
-        bare, wrapped, step2 = f"{a}{op1}{inner}", f"{a}{op1}({inner})", f"{a}{op1}{x}={y}"
-    expr = bare if _value(bare) == y else wrapped
-    return {"numbers": nums, "target": y, "solution": expr, "reasoning": f"{inner}={x}, {step2}"}
+    return {
+        "numbers": [a, b, c],
+        "target": y,
+        "solution": f"({a}{op1}{b}){op2}{c}",
+        "reasoning": f"{a}{op1}{b}={x}, {x}{op2}{c}={y}",
+    }
 
 
 def _value(expr: str) -> Fraction | None:

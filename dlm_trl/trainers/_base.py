@@ -61,7 +61,9 @@ from typing import Any
 
 import torch
 from accelerate.utils import is_peft_model
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.utils import logging as hf_logging
 from trl import GRPOConfig, GRPOTrainer
 from trl.extras.profiling import profiling_context
 from trl.models import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
@@ -76,6 +78,7 @@ from ..sampling import REMASKING_STRATEGIES, SamplerConfig, generate
 
 MASK_SCHEDULES = ("fresh", "fixed")
 REFERENCES = ("initial", "none")
+logger = hf_logging.get_logger(__name__)
 NONFINITE_POLICIES = ("error", "skip")
 #: Per-rank file in a checkpoint with the rollout state (rollout counter, TRL's micro-step and
 #: its buffered rollout batch when the checkpoint falls inside a rollout's inner iterations).
@@ -213,10 +216,11 @@ class DLMConfig(GRPOConfig):
     nonfinite: str = field(
         default="error",
         metadata={
-            "help": f"What to do with an infinite reward, one of {NONFINITE_POLICIES}: 'error' stops training with "
-            "a message naming the reward function; 'skip' treats the completion as unscorable (advantage 0, as "
-            "TRL does for a reward of None / NaN). A non-finite loss always stops training before the backward "
-            "pass and the optimizer step, on every rank, so the weights are never updated with it."
+            "help": f"What to do with an infinite reward or a NaN/inf loss, one of {NONFINITE_POLICIES}: 'error' "
+            "stops training (naming the reward function, or before the loss's backward pass and optimizer step, on "
+            "every rank); 'skip' treats such a completion as unscorable (advantage 0, as TRL does for a reward of "
+            "None / NaN) and drops an optimizer step whose loss is non-finite (logged as nonfinite/loss_skipped). "
+            "Either way the weights are never updated with a non-finite loss."
         },
     )
 
@@ -418,6 +422,10 @@ class _DLMTrainerBase(GRPOTrainer):
         self._trl_logps_off = False
         self._last_estimate_nfe = 0
         self._checkpoint_staging: str | None = None
+        #: Set when a micro-batch's loss was non-finite under ``nonfinite="skip"``: the optimizer step
+        #: of that accumulation cycle is not taken (see :meth:`create_optimizer`); reset at step end.
+        self._skip_optimizer_step = False
+        self.add_callback(_ResetSkipFlag(self))
         #: Forward passes spent on this process, counted per sequence (rows × NFE per sequence).
         self.nfe_counts: dict[str, int] = defaultdict(int)
 
@@ -695,7 +703,7 @@ class _DLMTrainerBase(GRPOTrainer):
         if k == 0 and (self._iteration0_on_policy or mode == "eval"):
             batch["old_per_token_logps"] = None  # the current estimate, detached
         loss, metrics = self.compute_policy_loss(model, batch)
-        self._check_finite_loss(loss, metrics, k)
+        loss = self._check_finite_loss(loss, metrics, k)
         if mode == "train":
             loss = loss / self.current_gradient_accumulation_steps
         self._log_metrics(mode, metrics)
@@ -730,23 +738,56 @@ class _DLMTrainerBase(GRPOTrainer):
             self._metrics[mode]["nonfinite/rewards_skipped"].append(float(bad.any(1).sum()))
         return rewards
 
-    def _check_finite_loss(self, loss: torch.Tensor, metrics: dict, inner_iteration: int) -> None:
-        """Raise on every rank, before the backward pass, if the loss is NaN/inf on any rank."""
+    def _check_finite_loss(self, loss: torch.Tensor, metrics: dict, inner_iteration: int) -> torch.Tensor:
+        """The loss to back-propagate. If it is NaN/inf on any rank: raise on every rank before the
+        backward pass (``nonfinite="error"``), or (``"skip"``) zero it and drop this optimizer step on
+        every rank, so the weights and the optimizer state stay those of the last completed step."""
         bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=self.accelerator.device)
         if self.accelerator.num_processes > 1:
             bad = self.accelerator.gather(bad)  # [world]
         if not bad.any():
-            return
+            return loss
         ranks = bad.nonzero().flatten().tolist()
+        where = f"on rank(s) {ranks} at optimizer step {self.state.global_step + 1}, inner iteration {inner_iteration}"
+        if self.args.nonfinite == "skip":
+            if not self._skip_optimizer_step:
+                logger.warning(f"non-finite loss {where}: skipping this optimizer step (nonfinite='skip')")
+            self._skip_optimizer_step = True
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["nonfinite/loss_skipped"].append(1.0)
+            # Back-propagating zero keeps every rank's collective calls in step; the (possibly
+            # non-finite) gradients it leaves are discarded with the skipped step.
+            return loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
         finite = {k: round(float(v.detach().float().mean()), 6) for k, v in sorted(metrics.items())}
         raise FloatingPointError(
-            f"non-finite loss ({float(loss.detach())} here) on rank(s) {ranks} at optimizer step "
-            f"{self.state.global_step + 1}, inner iteration {inner_iteration}; training stopped before the backward "
+            f"non-finite loss ({float(loss.detach())} here) {where}; training stopped before the backward "
             "pass, so the weights and the optimizer state are those of the last completed step. Metrics of this "
             f"micro-batch: {finite}. Usual causes: a learning rate too large for the algorithm (GDPO: 5e-7 to 1e-6 on "
             "LLaDA-8B), bf16 overflow in exp(ratio) (try bf16=False / fp32 log-softmax estimators), or non-finite "
-            "weights from an earlier step (resume from the last checkpoint with a lower learning rate)."
+            "weights from an earlier step (resume from the last checkpoint with a lower learning rate). Set "
+            "nonfinite='skip' to drop such steps and go on."
         )
+
+    def create_optimizer(self, *args, **kwargs):
+        """TRL's optimizer, whose ``step`` is not taken while a non-finite loss is being skipped.
+
+        The guard sits on the torch optimizer itself, so it holds under accelerate and inside
+        DeepSpeed's ZeRO optimizer (which calls the wrapped optimizer's ``step``)."""
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if optimizer is not None and not getattr(optimizer, "_dlm_trl_guarded", False):
+            step = optimizer.step
+
+            def guarded_step(*a, **k):
+                if self._skip_optimizer_step:
+                    for group in optimizer.param_groups:  # leave no non-finite gradient behind
+                        for p in group["params"]:
+                            p.grad = None
+                    return None
+                return step(*a, **k)
+
+            optimizer.step = guarded_step
+            optimizer._dlm_trl_guarded = True
+        return optimizer
 
     def _get_output_dir(self, trial) -> str:
         """The run directory, or the staging directory while a checkpoint is being written."""
@@ -909,6 +950,16 @@ class _DLMTrainerBase(GRPOTrainer):
         for name in sorted(metrics):
             value = metrics[name].detach().float().reshape(-1).mean().reshape(1).to(device)
             self._metrics[mode][name].append(self.accelerator.gather(value).nanmean().item())
+
+
+class _ResetSkipFlag(TrainerCallback):
+    """Clears the trainer's skip flag once the (skipped) optimizer step is over."""
+
+    def __init__(self, trainer: _DLMTrainerBase) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._skip_optimizer_step = False
 
 
 def _to_device(value, device):

@@ -28,14 +28,14 @@ from ..tasks import get_task
 class RecipeArguments:
     """Task, data and evaluation options of a recipe."""
 
-    task: str = field(default="countdown", metadata={"help": "Task: countdown, sudoku or gsm8k (see dlm_trl.tasks)."})
+    task: str = field(default="countdown", metadata={"help": "Task: countdown, sudoku, gsm8k or math (see dlm_trl.tasks)."})
     reward_funcs: list[str] | None = field(
         default=None,
         metadata={"help": "Reward names (entry points of dlm_trl.rewards or 'module:attr'); default: the task's reward."},
     )
     num_train_prompts: int = field(default=256, metadata={"help": "Training prompts drawn from the task's train split."})
     prompt_seed: int = field(default=0, metadata={"help": "Seed of the training prompts."})
-    data_path: str | None = field(default=None, metadata={"help": "Local data directory (GSM8K)."})
+    data_path: str | None = field(default=None, metadata={"help": "Local data directory (GSM8K, MATH)."})
     eval_samples: int = field(
         default=200, metadata={"help": "Held-out prompts evaluated before and after training (0 skips evaluation)."}
     )
