@@ -165,6 +165,31 @@ def test_one_update_moves_likelihood_towards_the_rewarded_completions(kind, toke
     assert float((A * delta).sum()) > 0, (A, delta)
 
 
+def test_groups_with_equal_rewards_get_exactly_zero_advantage(tokenizer, dataset, tmp_path):
+    """TRL's float32 ``R - mean(R)`` leaves ±1e-9 in a flat group, which Adam would turn into full-size
+    steps; the base zeroes those rows exactly and leaves the other groups' advantages alone."""
+
+    def flat_then_varied(prompts, completions, **kwargs):
+        # rows of the first group (the first prompt's G completions) all score 0.1; the rest vary
+        return [0.1 if i < 4 else float(i % 3) / 10 + 0.1 for i in range(len(completions))]
+
+    args = GDPOConfig(output_dir=str(tmp_path / "gdpo"), **{**COMMON, "max_steps": 1, "num_iterations": 1})
+    trainer = GDPOTrainer(model=make_model(tokenizer), reward_funcs=[flat_then_varied], args=args,
+                          train_dataset=dataset, processing_class=tokenizer)
+    seen = []
+    original = trainer._score_rollout
+
+    def recording(out):
+        seen.append(out["advantages"].clone())
+        original(out)
+
+    trainer._score_rollout = recording
+    trainer.train()
+    adv = seen[0]  # [8] two groups of 4
+    assert torch.equal(adv[:4], torch.zeros(4)), adv
+    assert torch.allclose(adv[4:], torch.tensor([0.0, 0.1, -0.1, 0.0]), atol=1e-6), adv  # R - mean(R), untouched
+
+
 class ForwardRecorder:
     """Forward pre-hook: the mask pattern of every estimator forward, keyed by the row's seed."""
 
