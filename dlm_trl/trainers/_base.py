@@ -748,8 +748,9 @@ class _DLMTrainerBase(GRPOTrainer):
         TRL computes ``R - mean(R)`` in float32, which leaves ±1e-9 residues in such groups, all of
         one sign; Adam normalises gradients by their running scale, so on the first steps (or when
         every group of a batch is flat) those residues become full-size updates that lower (or raise)
-        the likelihood of everything the policy sampled. Measured on the tiny model: this alone
-        moved held-out accuracy by several points. A flat group carries no signal, so it gets none.
+        the likelihood of everything the policy sampled. A flat group carries no signal, so it gets
+        none. (On the tiny model's 40-step runs mixed batches dominate and the change was not
+        measurable; it matters when whole batches are flat, e.g. early in training on a hard task.)
         """
         rewards = self._last_rewards
         if rewards is None or "advantages" not in out:
