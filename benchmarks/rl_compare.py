@@ -179,7 +179,8 @@ def summarise(results: list[dict], out_dir: Path, title: str) -> str:
         f"Budget: {r0.get('minutes')} min of training wall-clock per run (evaluations paused out of the clock); "
         f"held-out accuracy on {r0.get('eval_samples')} Countdown test prompts, temperature 0, steps = L/2. "
         "NFE counts sequence forward passes (rows × forwards) of sampling and all likelihood estimates. "
-        f"Device: {r0.get('device')}, {r0.get('threads')} thread(s). Raw runs: rl_compare.json.",
+        f"Device: {r0.get('device')}, {r0.get('threads')} thread(s), {r0.get('jobs', 1)} run(s) at a time. "
+        "Raw runs: rl_compare.json.",
     ]
     table = "\n".join(lines) + "\n"
     (out_dir / "rl_compare.md").write_text(table)
@@ -216,6 +217,8 @@ def main(argv=None) -> None:
     p.add_argument("--eval_samples", type=int, default=200)
     p.add_argument("--model", default=None, help="model path (default: the recipe's, i.e. the embedded tiny model)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads per run")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at a time (e.g. 2 on 2 cores with --threads 1; every run then shares the machine alike)")
     p.add_argument("--out", default=str(ROOT / "docs"), help="where rl_compare.{md,png,json} go")
     p.add_argument("--work", default=str(ROOT / "outputs" / "rl_compare"), help="per-run output folders")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -230,7 +233,7 @@ def main(argv=None) -> None:
         return
     work = Path(opts.work)
     work.mkdir(parents=True, exist_ok=True)
-    results = []
+    runs = []
     for variant in opts.variants.split(","):
         if variant not in VARIANTS:
             raise SystemExit(f"unknown variant {variant!r}; choose from {list(VARIANTS)}")
@@ -244,13 +247,27 @@ def main(argv=None) -> None:
                 cmd += ["--model", opts.model]
             if opts.threads:
                 cmd += ["--threads", str(opts.threads)]
-            t = time.time()
-            print(f"[rl_compare] {variant} seed {seed} …", flush=True)
-            subprocess.run(cmd + extra, check=True, cwd=ROOT)
-            r = json.loads(result.read_text())
-            print(f"[rl_compare] {variant} seed {seed}: {100 * r['accuracy_before']:.1f}% -> "
-                  f"{100 * r['accuracy_after']:.1f}% in {r['steps']} steps ({time.time() - t:.0f} s)", flush=True)
-            results.append(r)
+            runs.append((variant, seed, result, cmd + extra))
+
+    def one(run):
+        variant, seed, result, cmd = run
+        t = time.time()
+        print(f"[rl_compare] {variant} seed {seed} …", flush=True)
+        log = result.with_suffix(".log")
+        with open(log, "w") as fh:
+            proc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            raise SystemExit(f"[rl_compare] {variant} seed {seed} failed (exit {proc.returncode}); see {log}")
+        r = json.loads(result.read_text())
+        r["jobs"] = opts.jobs
+        print(f"[rl_compare] {variant} seed {seed}: {100 * r['accuracy_before']:.1f}% -> "
+              f"{100 * r['accuracy_after']:.1f}% in {r['steps']} steps ({time.time() - t:.0f} s)", flush=True)
+        return r
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
+        results = list(pool.map(one, runs))
     title = f"RL trainers on the tiny model, Countdown, {opts.minutes:g} min each"
     print(summarise(results, Path(opts.out), title))
 
