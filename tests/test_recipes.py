@@ -117,3 +117,20 @@ def test_recipe_runs_end_to_end(algo, random_model_dir, tmp_path):
     assert (out / "report.png").stat().st_size > 1000
     assert json.loads((out / "report.json").read_text())["reward_curve"]
     assert (out / "model.safetensors").exists()
+
+
+def test_recipe_with_lora_and_trl_default_task_type(random_model_dir, tmp_path):
+    """``--use_peft`` with TRL's default ``lora_task_type`` (CAUSAL_LM) on the tiny model: PEFT's causal-LM
+    wrapper needs ``prepare_inputs_for_generation``; the checkpoint holds the adapter."""
+    recipe = load_recipe("gdpo")
+    out = tmp_path / "gdpo_lora"
+    argv = [
+        "--model_name_or_path", str(random_model_dir), "--output_dir", str(out), "--max_steps", "1",
+        "--num_train_prompts", "8", "--eval_samples", "4", "--eval_batch_size", "4",
+        "--per_device_train_batch_size", "4", "--num_generations", "4", "--gradient_accumulation_steps", "1",
+        "--gen_length", "8", "--block_length", "8", "--diffusion_steps", "4", "--disable_tqdm", "true",
+        "--use_peft", "--lora_r", "4", "--lora_alpha", "8", "--lora_target_modules", "q_proj", "v_proj",
+    ]
+    report = recipe.main(argv)
+    assert report["steps"] == 1
+    assert (out / "adapter_model.safetensors").exists() and not (out / "model.safetensors").exists()

@@ -156,6 +156,11 @@ class TinyDLMForMaskedDiffusion(TinyDLMPreTrainedModel):
     def get_output_embeddings(self):
         return self.lm_head
 
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
+        """Inputs of one forward. PEFT's ``CAUSAL_LM`` wrapper (TRL's default ``lora_task_type``)
+        requires this method; dlm-trl itself generates with :func:`dlm_trl.sampling.generate`."""
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
     def forward(
         self,
         input_ids: torch.LongTensor,  # [B, T]
