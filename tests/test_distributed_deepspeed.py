@@ -15,8 +15,10 @@ Two launches (``accelerate launch --config_file recipes/accelerate/cpu_deepspeed
 * ZeRO-2: the logged loss, reward and gradient norm of a GDPO step equal those of the same
   step run in a single process with the whole batch; LoRA (DiffuGRPO, adapter-disabled
   reference) trains its adapter and leaves the base weights alone; a NaN loss on one rank stops both
-  ranks with the same error; a GDPO run resumed from a checkpoint written inside a rollout (DeepSpeed
-  shards of both ranks, atomically renamed) reaches the parameters and losses of the uninterrupted run.
+  ranks with the same error;
+* ZeRO-2 and ZeRO-3: a GDPO run resumed from a checkpoint written inside a rollout (DeepSpeed
+  shards of both ranks, atomically renamed) reaches the parameters (under ZeRO-3: each rank's
+  parameter shards) and losses of the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ SCRIPT = textwrap.dedent(
         run("diffu_grpo_lora", DiffuGRPOTrainer, DiffuGRPOConfig, {"beta": 0.04},
             peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
     rank = int(os.environ.get("RANK", "0"))
-    if stage == 2:
+    if stage in (2, 3):
         # Checkpoint / resume under DeepSpeed: checkpoint-1 falls inside a rollout (μ = 2); resuming from it
         # (DeepSpeed shards of both ranks, renamed from tmp-checkpoint-1 once both finished) reproduces step 2.
         def build():
@@ -167,12 +169,18 @@ SCRIPT = textwrap.dedent(
         files = sorted(os.listdir(ckpt1))
         resumed = build()
         resumed.train(resume_from_checkpoint=ckpt1)
+        # ZeRO-3: compare this rank's shards (both runs partition the same way)
+        def shard(p):
+            return p.ds_tensor if hasattr(p, "ds_tensor") else p
+
         pf, pr = dict(full.model.named_parameters()), dict(resumed.model.named_parameters())
         result["resume"] = {
-            "max_param_diff": max((pf[n] - pr[n]).abs().max().item() for n in pf),
+            "max_param_diff": max((shard(pf[n]) - shard(pr[n])).abs().max().item() for n in pf),
+            "numel": sum(shard(p).numel() for p in pf.values()),
             "files": files, "dirs": sorted(os.listdir(os.path.join(out_dir, "ckpt"))),
             "logged_full": logged(full), "logged_resumed": logged(resumed),
         }
+    if stage == 2:
         # A NaN loss on rank 1 only: every rank stops with the same error (none is left waiting in a collective).
         class NaNOnRank1(GDPOTrainer):
             def compute_policy_loss(self, model, inputs):
@@ -261,8 +269,21 @@ def _check_common(ranks):
         assert a["forwards"]["loss"] >= 1
 
 
+def _check_resume(ranks):
+    for r, rank in enumerate(ranks):  # resumed from a DeepSpeed checkpoint inside a rollout: same parameters
+        res = rank.pop("resume")
+        assert res["numel"] > 0 and res["max_param_diff"] <= 1e-6, res["max_param_diff"]
+        assert len(res["logged_full"]) == 4  # (step, loss) of steps 1 and 2
+        assert res["logged_full"] == pytest.approx(res["logged_resumed"], abs=1e-6)
+        assert {"global_step1", "latest", "trainer_state.json", f"dlm_trl_rollout_state_{r}.pt",
+                f"rng_state_{r}.pth"} <= set(res["files"]), res["files"]
+        ckpts = [d for d in res["dirs"] if "checkpoint" in d]
+        assert ckpts == ["checkpoint-1", "checkpoint-2"], res["dirs"]  # no tmp-checkpoint-* left
+
+
 def test_zero3_three_trainers_sharded_no_hang_gather_once(tmp_path, model_path):
     ranks = _run_stage(3, tmp_path, model_path)
+    _check_resume(ranks)  # kill/resume under ZeRO-3: each rank's shards match the uninterrupted run
     _check_common(ranks)
     for rank in ranks:
         for name, rec in rank.items():
@@ -276,15 +297,7 @@ def test_zero2_three_trainers_lora_and_single_process_equality(tmp_path, model_p
     for rank in ranks:  # NaN loss on rank 1 only: both ranks raised the same error before the backward pass
         err = rank.pop("nan_error")
         assert err and "non-finite loss" in err and "rank(s) [1]" in err, err
-    for r, rank in enumerate(ranks):  # resumed from a DeepSpeed checkpoint inside a rollout: same parameters
-        res = rank.pop("resume")
-        assert res["max_param_diff"] <= 1e-6, res["max_param_diff"]
-        assert len(res["logged_full"]) == 4  # (step, loss) of steps 1 and 2
-        assert res["logged_full"] == pytest.approx(res["logged_resumed"], abs=1e-6)
-        assert {"global_step1", "latest", "trainer_state.json", f"dlm_trl_rollout_state_{r}.pt",
-                f"rng_state_{r}.pth"} <= set(res["files"]), res["files"]
-        ckpts = [d for d in res["dirs"] if "checkpoint" in d]
-        assert ckpts == ["checkpoint-1", "checkpoint-2"], res["dirs"]  # no tmp-checkpoint-* left
+    _check_resume(ranks)
     _check_common(ranks)
     lora = ranks[0]["diffu_grpo_lora"]
     assert lora["lora_b_total"] > 0 and lora["lora_b_changed"] == lora["lora_b_total"], lora
