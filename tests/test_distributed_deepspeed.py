@@ -192,6 +192,18 @@ SCRIPT = textwrap.dedent(
             result["nan_error"] = None
         except FloatingPointError as err:
             result["nan_error"] = str(err)
+        # The same NaN with nonfinite="skip": both ranks drop the step (no weight changes) and finish.
+        args = GDPOConfig(output_dir=os.path.join(out_dir, "gdpo_nan_skip"), ddp_backend="gloo",
+                          **{**COMMON, "estimator_kwargs": {"num_nodes": 2}, "nonfinite": "skip"})
+        skipper = NaNOnRank1(model=model_path, reward_funcs=[text_reward], args=args, train_dataset=dataset)
+        before = {n: p.detach().clone() for n, p in skipper.model.named_parameters()}
+        skipper.train()
+        after = dict(skipper.model.named_parameters())
+        result["nan_skip"] = {
+            "global_step": skipper.state.global_step,
+            "max_change": max((after[n].detach() - before[n]).abs().max().item() for n in before),
+            "skipped": [e["nonfinite/loss_skipped"] for e in skipper.state.log_history if "nonfinite/loss_skipped" in e],
+        }
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
     """
@@ -297,6 +309,8 @@ def test_zero2_three_trainers_lora_and_single_process_equality(tmp_path, model_p
     for rank in ranks:  # NaN loss on rank 1 only: both ranks raised the same error before the backward pass
         err = rank.pop("nan_error")
         assert err and "non-finite loss" in err and "rank(s) [1]" in err, err
+        skip = rank.pop("nan_skip")  # nonfinite="skip": the step is dropped on both ranks, training finishes
+        assert skip["global_step"] == 1 and skip["max_change"] == 0.0 and skip["skipped"] == [1.0], skip
     _check_resume(ranks)
     _check_common(ranks)
     lora = ranks[0]["diffu_grpo_lora"]
