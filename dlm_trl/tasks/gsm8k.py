@@ -25,15 +25,19 @@ def extract_final_answer(answer: str) -> str:
     return m.group(1).replace(",", "").strip()
 
 
-def data_dir(path: str | os.PathLike | None = None) -> Path:
-    """Where the shared data lives: ``path`` → ``$DLM_TRL_DATA_DIR`` → ``<repo>/../shared/data`` → ``./shared/data``."""
-    candidates = []
-    if path is not None:
-        candidates.append(Path(path))
+def data_candidates(path: str | os.PathLike | None = None) -> list[Path]:
+    """Folders that may hold the shared data, in order: ``path``, ``$DLM_TRL_DATA_DIR``, ``<repo>/../shared/data``,
+    ``<repo>/shared/data``, ``../shared/data`` from the working directory."""
+    candidates = [Path(path)] if path is not None else []
     if os.environ.get("DLM_TRL_DATA_DIR"):
         candidates.append(Path(os.environ["DLM_TRL_DATA_DIR"]))
     repo = Path(__file__).resolve().parents[2]
-    candidates += [repo.parent / "shared" / "data", repo / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    return candidates + [repo.parent / "shared" / "data", repo / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+
+
+def data_dir(path: str | os.PathLike | None = None) -> Path:
+    """Where the shared data lives: ``path`` → ``$DLM_TRL_DATA_DIR`` → ``<repo>/../shared/data`` → ``./shared/data``."""
+    candidates = data_candidates(path)
     for c in candidates:
         if (c / "gsm8k").is_dir() or (c / "humaneval").is_dir():
             return c

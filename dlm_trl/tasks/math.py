@@ -17,17 +17,13 @@ from pathlib import Path
 
 from dlm_trl_rewards._common import last_boxed  # the reward parses answers the same way
 
+from .gsm8k import data_candidates
 from .prompts import user_turn
 
 
 def _file(split: str, path: str | os.PathLike | None) -> Path:
-    candidates: list[Path] = []
-    if path is not None:
-        candidates += [Path(path) / f"{split}.jsonl", Path(path) / "math" / f"{split}.jsonl"]
-    if os.environ.get("DLM_TRL_DATA_DIR"):
-        candidates.append(Path(os.environ["DLM_TRL_DATA_DIR"]) / "math" / f"{split}.jsonl")
-    repo = Path(__file__).resolve().parents[2]
-    candidates += [repo.parent / "shared" / "data" / "math" / f"{split}.jsonl", repo / "shared" / "data" / "math" / f"{split}.jsonl"]
+    candidates = [Path(path) / f"{split}.jsonl"] if path is not None else []
+    candidates += [d / "math" / f"{split}.jsonl" for d in data_candidates(path)]
     for c in candidates:
         if c.is_file():
             return c

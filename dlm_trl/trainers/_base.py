@@ -783,10 +783,11 @@ class _DLMTrainerBase(GRPOTrainer):
         ranks = bad.nonzero().flatten().tolist()
         where = f"on rank(s) {ranks} at optimizer step {self.state.global_step + 1}, inner iteration {inner_iteration}"
         if self.args.nonfinite == "skip":
-            if not self._skip_optimizer_step:
-                logger.warning(f"non-finite loss {where}: skipping this optimizer step (nonfinite='skip')")
-            self._skip_optimizer_step = True
             mode = "train" if self.model.training else "eval"
+            if mode == "train":  # an evaluation loss has no optimizer step to drop
+                if not self._skip_optimizer_step:
+                    logger.warning(f"non-finite loss {where}: skipping this optimizer step (nonfinite='skip')")
+                self._skip_optimizer_step = True
             self._metrics[mode]["nonfinite/loss_skipped"].append(1.0)
             # Back-propagating zero keeps every rank's collective calls in step; the (possibly
             # non-finite) gradients it leaves are discarded with the skipped step.
