@@ -19,6 +19,7 @@ separate process (``--child``), so peak memory (max RSS; CUDA peak when on GPU) 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -111,8 +112,22 @@ def run_child(opts) -> None:
         args=args, train_dataset=train_dataset(script_args), processing_class=tokenizer, peft_config=peft_config,
         callbacks=[curve, clock],
     )
+    # The starting accuracy is deterministic (temperature 0, fixed prompts): every run of the same
+    # model and evaluation settings shares one measurement, cached in the work folder.
+    with torch.no_grad():  # a fingerprint of the weights, so a retrained model never reuses a stale entry
+        fingerprint = f"{sum(float(p.float().abs().sum()) for p in trainer.model.parameters()):.6e}"
+    key = json.dumps([model_args.model_name_or_path, fingerprint, script_args.task, script_args.eval_samples, script_args.eval_seed,
+                      args.gen_length, args.block_length, script_args.eval_gen_length, script_args.eval_block_length,
+                      script_args.eval_steps_ratio])
+    cache = Path(opts.output_dir).parent / f"before_{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
     t = time.time()
-    before = heldout_eval(trainer.model, tokenizer, script_args, args, progress=False)
+    if cache.exists():
+        before = json.loads(cache.read_text())
+    else:
+        before = heldout_eval(trainer.model, tokenizer, script_args, args, progress=False)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(before))
+        tmp.replace(cache)
     eval0 = time.time() - t
     trainer.train()
     train_seconds = clock.clock()

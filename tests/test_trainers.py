@@ -317,6 +317,26 @@ def test_peft_reference_is_the_adapter_disabled_base(tokenizer, dataset, tmp_pat
     assert abs(first_kl) < 1e-6  # zero-initialised adapter: policy = reference at the start
 
 
+def test_copied_reference_runs_the_initial_weights(tokenizer, dataset, tmp_path):
+    """Without PEFT the reference is a copy of the initial policy. TRL patches the policy's
+    ``forward`` with a closure over the policy itself; a copy that kept that patch ran the
+    *policy's* weights, so the KL to the reference (and DMPO's ℓ) were identically zero."""
+    model = make_model(tokenizer)
+    initial = make_model(tokenizer)  # same seed: the same weights as `model` before training
+    trainer = make_trainer("diffu_grpo", tokenizer, dataset, tmp_path, model=model, num_iterations=1, max_steps=3)
+    assert trainer.ref_model is not None
+    trainer.train()
+    ids = torch.randint(3, len(tokenizer), (2, 12))
+    ref = trainer.accelerator.unwrap_model(trainer.ref_model)
+    with torch.no_grad():
+        ref_logits, init_logits = ref(input_ids=ids).logits, initial(input_ids=ids).logits
+        policy_logits = trainer.model(input_ids=ids).logits
+    torch.testing.assert_close(ref_logits, init_logits)
+    assert (policy_logits - ref_logits).abs().max() > 1e-4
+    kls = [e["kl"] for e in trainer.state.log_history if "kl" in e]
+    assert kls[0] == 0.0 and all(k > 0 for k in kls[1:]), kls  # μ = 1: every later step is off the reference
+
+
 def test_explicit_reference_model(tokenizer, dataset, tmp_path):
     ref = make_model(tokenizer, seed=1)
     trainer = make_trainer("diffu_grpo", tokenizer, dataset, tmp_path, ref_model=ref, max_steps=1)

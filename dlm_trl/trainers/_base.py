@@ -476,6 +476,12 @@ class _DLMTrainerBase(GRPOTrainer):
                 ref_model = load_model(source, dtype=self.model.dtype)
             else:
                 ref_model = copy.deepcopy(self.accelerator.unwrap_model(self.model))
+                # GRPOTrainer.__init__ replaced the policy's `forward` by an instance attribute (TRL's fused
+                # LM head) whose closure holds the *policy's* bound forward. A deep copy keeps that closure,
+                # so the copy would silently run the policy's weights (KL to the reference ≡ 0). Drop such
+                # instance-level forwards: the copy runs its own class forward on its own weights.
+                for module in ref_model.modules():
+                    module.__dict__.pop("forward", None)
         ref_model.eval()
         ref_model.requires_grad_(False)
         if self.args.disable_dropout:

@@ -156,6 +156,13 @@ class TinyDLMForMaskedDiffusion(TinyDLMPreTrainedModel):
     def get_output_embeddings(self):
         return self.lm_head
 
+    @classmethod
+    def can_generate(cls) -> bool:
+        """``False``: a masked diffusion LM has no autoregressive ``.generate()`` (use
+        :func:`dlm_trl.sampling.generate`). Said explicitly so that transformers does not warn,
+        on every load, about the ``prepare_inputs_for_generation`` defined below."""
+        return False
+
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
         """Inputs of one forward. PEFT's ``CAUSAL_LM`` wrapper (TRL's default ``lora_task_type``)
         requires this method; dlm-trl itself generates with :func:`dlm_trl.sampling.generate`."""
