@@ -52,7 +52,7 @@ class RecipeArguments:
     )
     torch_threads: int | None = field(
         default=None,
-        metadata={"help": "torch intra-op threads (the tiny CPU defaults use 1: faster than 2 on a shared 2-core box)."},
+        metadata={"help": "torch intra-op threads (default: torch's, i.e. every core; use 1 per run when several runs share the machine)."},
     )
     train_minutes: float | None = field(
         default=None, metadata={"help": "Stop training after this many minutes of wall-clock (besides max_steps)."}
