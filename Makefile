@@ -41,7 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/estimator_variance.py
 	$(BIN)/python benchmarks/reward_throughput.py
 
-# The three trainers under one wall-clock budget, 3 seeds (hours on 2 CPU cores).
+# The three trainers under one wall-clock budget, 3 seeds, 2 runs at a time (~55 min on 2 CPU cores).
 rl-compare: $(STAMP)
 	$(BIN)/python benchmarks/rl_compare.py
 

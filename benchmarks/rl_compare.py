@@ -1,13 +1,14 @@
 """Compare the three DLM trainers under the same wall-clock budget (ALGORITHMS.md §2).
 
 Variants: ``diffu_grpo``, ``gdpo`` (fresh masks every inner iteration), ``gdpo_fixed`` (one set
-of masks per rollout: the old estimate costs N forwards instead of μ·N) and ``dmpo``, each from
+of masks per rollout: the old estimate costs N forwards instead of μ·N; it differs from ``gdpo`` only
+with ``--num_iterations`` > 1, and the recipes' default is 1) and ``dmpo``, each from
 its recipe's tiny defaults (``recipes/*_llada.py``: embedded tiny model, Countdown, CPU), over
 several seeds. Each run trains for ``--minutes`` of training wall-clock (held-out evaluations
 are paused out of the clock) and evaluates held-out accuracy (temperature 0) at the start,
 every ``--eval_every`` minutes and at the end.
 
-    python benchmarks/rl_compare.py                                  # 4 variants × 3 seeds × 10 min
+    python benchmarks/rl_compare.py        # 3 trainers × 3 seeds × 8 min, 2 runs at a time, 1 thread each (~55 min)
     python benchmarks/rl_compare.py --variants gdpo --seeds 0 --minutes 2 --eval_samples 50
 
 Writes ``docs/rl_compare.md`` (table: accuracy before/after as mean ± sd over seeds, steps,
@@ -225,14 +226,14 @@ def summarise(results: list[dict], out_dir: Path, title: str) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {list(VARIANTS)}")
+    p.add_argument("--variants", default="diffu_grpo,gdpo,dmpo", help=f"comma-separated, from {list(VARIANTS)}")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--minutes", type=float, default=10.0, help="training wall-clock budget per run")
-    p.add_argument("--eval_every", type=float, default=2.5, help="minutes of training between held-out evaluations")
-    p.add_argument("--eval_samples", type=int, default=200)
+    p.add_argument("--minutes", type=float, default=8.0, help="training wall-clock budget per run")
+    p.add_argument("--eval_every", type=float, default=4.0, help="minutes of training between held-out evaluations")
+    p.add_argument("--eval_samples", type=int, default=400)
     p.add_argument("--model", default=None, help="model path (default: the recipe's, i.e. the embedded tiny model)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads per run")
-    p.add_argument("--jobs", type=int, default=1,
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run (0: torch's default)")
+    p.add_argument("--jobs", type=int, default=2,
                    help="runs at a time (e.g. 2 on 2 cores with --threads 1; every run then shares the machine alike)")
     p.add_argument("--out", default=str(ROOT / "docs"), help="where rl_compare.{md,png,json} go")
     p.add_argument("--work", default=str(ROOT / "outputs" / "rl_compare"), help="per-run output folders")
