@@ -18,7 +18,11 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 from trl import ModelConfig, TrlParser  # noqa: E402
 
 from dlm_trl.tasks import get_task  # noqa: E402
-from dlm_trl.trainers.recipe_utils import RecipeArguments  # noqa: E402
+from dlm_trl.trainers.recipe_utils import (  # noqa: E402
+    RecipeArguments,
+    cpu_rollout_autocast_dtype,
+    set_torch_threads,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"diffu_grpo": "DiffuGRPOConfig", "gdpo": "GDPOConfig", "dmpo": "DMPOConfig"}
@@ -77,6 +81,7 @@ def test_no_argument_defaults_are_the_tiny_cpu_settings(algo):
     assert not args.bf16 and args.use_cpu and args.num_generations == 8
     assert (args.gen_length, args.block_length, args.diffusion_steps) == (48, 16, 24)
     assert 1000 <= script_args.num_train_prompts <= 3400 and script_args.torch_threads is None
+    assert args.rollout_autocast_dtype == cpu_rollout_autocast_dtype()  # bf16 rollouts where the CPU has bf16
     # 256 completions per optimizer step: smaller batches lowered held-out accuracy (README)
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps >= 256
 
@@ -119,6 +124,10 @@ def test_recipe_runs_end_to_end(algo, random_model_dir, tmp_path):
     assert (out / "report.png").stat().st_size > 1000
     assert json.loads((out / "report.json").read_text())["reward_curve"]
     assert (out / "model.safetensors").exists()
+    # where the time went: every bucket measured, and together no more than the training run
+    seconds = report["seconds"]
+    assert set(seconds) == {"sampler", "nograd_likelihoods", "rollout_other"} and seconds["sampler"] > 0
+    assert sum(seconds.values()) <= report["train_seconds"] + 1.0
 
 
 def test_recipe_with_lora_and_trl_default_task_type(random_model_dir, tmp_path):
@@ -136,3 +145,21 @@ def test_recipe_with_lora_and_trl_default_task_type(random_model_dir, tmp_path):
     report = recipe.main(argv)
     assert report["steps"] == 1
     assert (out / "adapter_model.safetensors").exists() and not (out / "model.safetensors").exists()
+
+
+def test_torch_threads_default_uses_this_process_share_of_the_cores(monkeypatch):
+    """`accelerate launch` exports OMP_NUM_THREADS=1; the recipes' default must still use the cores."""
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+        torch.set_num_threads(1)
+        assert set_torch_threads(None) == 8 == torch.get_num_threads()
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two ranks on this node share the cores
+        assert set_torch_threads(None) == 4 == torch.get_num_threads()
+        assert set_torch_threads(3) == 3 == torch.get_num_threads()
+        assert set_torch_threads(0) == 3  # 0 keeps torch's setting
+        with pytest.raises(ValueError, match="torch_threads must be"):
+            set_torch_threads(-1)
+    finally:
+        torch.set_num_threads(before)

@@ -52,11 +52,53 @@ class RecipeArguments:
     )
     torch_threads: int | None = field(
         default=None,
-        metadata={"help": "torch intra-op threads (default: torch's, i.e. every core; use 1 per run when several runs share the machine)."},
+        metadata={
+            "help": "torch intra-op threads per process. Default: this machine's cores divided by the processes on "
+            "it (`accelerate launch` sets OMP_NUM_THREADS=1, which would leave cores idle); 0 keeps torch's own "
+            "setting (OMP_NUM_THREADS); use 1 per run when several runs share the machine."
+        },
     )
     train_minutes: float | None = field(
         default=None, metadata={"help": "Stop training after this many minutes of wall-clock (besides max_steps)."}
     )
+
+
+def set_torch_threads(requested: int | None) -> int:
+    """Set torch's intra-op threads for this process and return the number in use.
+
+    ``None``: the cores this process may run on, divided by the processes of this node
+    (``LOCAL_WORLD_SIZE``), because ``accelerate launch`` exports ``OMP_NUM_THREADS=1`` and a
+    single-process CPU run would otherwise use one core. ``0``: leave torch's setting alone.
+    """
+    import torch
+
+    if requested is not None and requested < 0:
+        raise ValueError(f"torch_threads must be ≥ 0 (0 keeps torch's setting), got {requested}")
+    if requested == 0:
+        return torch.get_num_threads()
+    if requested is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        requested = max(1, cores // max(1, local))
+    torch.set_num_threads(requested)
+    return requested
+
+
+def cpu_rollout_autocast_dtype() -> str | None:
+    """``"bfloat16"`` when this CPU has native bf16 matmuls (AVX512-BF16 / AMX), else ``None``.
+
+    The tiny recipes sample rollouts under bf16 autocast there: ~1.5x faster rollouts, the same
+    held-out accuracy and reward of the starting model (README); likelihoods and gradients stay fp32.
+    """
+    import torch
+
+    try:
+        return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        return None
 
 
 def load_policy(model_args, training_args):
