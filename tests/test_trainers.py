@@ -423,12 +423,35 @@ def test_user_subclass_overriding_the_loss(tokenizer, dataset, tmp_path):
         (DMPOConfig, {"num_replicates": 3}, "even"),
         (DiffuGRPOConfig, {"loss_type": "dapo"}, "bnpo"),
         (DiffuGRPOConfig, {"importance_sampling_level": "sequence"}, "GDPOTrainer"),
+        (GDPOConfig, {"rollout_autocast_dtype": "bfloat61"}, "Did you mean 'bfloat16'"),
     ],
 )
 def test_config_rejects_invalid_combinations(config_cls, kwargs, match, tmp_path):
     base = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none")
     with pytest.raises(ValueError, match=match):
         config_cls(**{**base, **kwargs})
+
+
+def test_rollout_autocast_applies_to_the_sampler_only(tokenizer, dataset, tmp_path):
+    """bf16 rollouts: every sampler forward runs under autocast, every likelihood / gradient forward in fp32."""
+    trainer = make_trainer("gdpo", tokenizer, dataset, tmp_path, max_steps=1, rollout_autocast_dtype="bfloat16")
+    seen = []  # (grad enabled, autocast dtype or None, logits dtype)
+
+    def hook(module, args, kwargs, output):
+        on = torch.is_autocast_enabled("cpu")
+        seen.append((torch.is_grad_enabled(), torch.get_autocast_dtype("cpu") if on else None, output.logits.dtype))
+
+    handle = trainer.model.register_forward_hook(hook, with_kwargs=True)
+    trainer.train()
+    handle.remove()
+    steps = trainer.args.diffusion_steps
+    sampler_calls = seen[:steps]  # one rollout batch of 8 rows, sampled first
+    assert all(dtype == torch.bfloat16 and logits == torch.bfloat16 for _, dtype, logits in sampler_calls)
+    rest = seen[steps:]
+    assert rest and all(dtype is None and logits == torch.float32 for _, dtype, logits in rest)
+    assert any(grad for grad, _, _ in rest)  # the policy pass is among the fp32 calls
+    assert GDPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none",
+                      rollout_autocast_dtype="none").rollout_autocast_dtype is None  # CLI spelling of None
 
 
 def test_config_maps_completion_length_and_defaults(tmp_path):
