@@ -24,7 +24,6 @@ import sys
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
 from trl import ModelConfig, TrlParser  # noqa: E402
 
 from dlm_trl.rewards import resolve_rewards  # noqa: E402
@@ -34,8 +33,10 @@ from dlm_trl.trainers.recipe_utils import (  # noqa: E402
     RecipeArguments,
     RewardCurveCallback,
     TimeBudgetCallback,
+    cpu_rollout_autocast_dtype,
     heldout_eval,
     load_policy,
+    set_torch_threads,
     train_dataset,
     write_report,
 )
@@ -49,8 +50,8 @@ TINY_DEFAULTS = dict(
     output_dir="outputs/dmpo_tiny",
     task="countdown",
     num_train_prompts=3000,
-    eval_samples=200,
-    train_minutes=11.0,
+    eval_samples=400,
+    train_minutes=10.0,
     torch_threads=None,
     max_steps=30,
     num_generations=8,
@@ -68,6 +69,7 @@ TINY_DEFAULTS = dict(
     block_length=16,
     diffusion_steps=24,
     temperature=1.0,
+    rollout_autocast_dtype=cpu_rollout_autocast_dtype(),  # bf16 rollouts where the CPU has native bf16
     estimator_kwargs={"num_nodes": 3, "masks_per_node": 1},
     bf16=False,
     use_cpu=True,
@@ -86,8 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "--config" not in argv:
         parser.set_defaults_with_config(**TINY_DEFAULTS)
     script_args, training_args, model_args = parser.parse_args_and_config(argv)
-    if script_args.torch_threads:
-        torch.set_num_threads(script_args.torch_threads)
+    set_torch_threads(script_args.torch_threads)
 
     reward_funcs = resolve_rewards(script_args.reward_funcs or [get_task(script_args.task).reward])
     model, tokenizer, peft_config = load_policy(model_args, training_args)
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
             training_args.output_dir, title=f"DMPO · {model_args.model_name_or_path} · {script_args.task}",
             curve=curve.points, before=before, after=after,
             extra={"steps": trainer.state.global_step, "nfe": dict(trainer.nfe_counts),
+                   "seconds": {k: round(v, 1) for k, v in trainer.seconds_counts.items()},
                    "train_seconds": trainer.state.log_history[-1].get("train_runtime")},
         )
         if before and after:
