@@ -44,7 +44,7 @@ from dlm_trl.trainers.recipe_utils import (  # noqa: E402
 # Defaults for the embedded tiny model on 2 CPU cores (applied only without --config).
 # Each optimizer step sees 256 completions (32 prompts x 8), each rollout is used once (num_iterations=1):
 # with 32 completions per step the update's noise outweighed its signal and held-out accuracy fell
-# (docs/rl_compare.md, README "What RL does to the tiny model").
+# (README "RL on the tiny model: held-out accuracy", docs/recipe_runs.md, docs/rl_compare.md).
 TINY_DEFAULTS = dict(
     model_name_or_path="tiny",
     output_dir="outputs/diffu_grpo_tiny",
