@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-all lint bench rl-compare tiny-model eval clean
+.PHONY: setup demo test test-all lint bench rl-compare recipe-runs tiny-model eval clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,10 @@ bench: $(STAMP)
 # The three trainers under one wall-clock budget, 3 seeds, 2 runs at a time (~55 min on 2 CPU cores).
 rl-compare: $(STAMP)
 	$(BIN)/python benchmarks/rl_compare.py
+
+# The three recipes with no arguments, 3 seeds each, one run at a time (~70 min on 2 CPU cores).
+recipe-runs: $(STAMP)
+	$(BIN)/python benchmarks/recipe_runs.py
 
 # Rebuild the embedded model (fixed seed; ~20-30 minutes on 2 CPU cores).
 tiny-model: $(STAMP)

@@ -95,7 +95,7 @@ def summarize(runs: list[dict], docs: Path) -> str:
         rss = [r["peak_rss_mb"] for r in rs if "peak_rss_mb" in r]
         lines.append(
             f"| {NAMES[algo]} | {','.join(str(r['seed']) for r in rs)} | {_mean_sd(before)} → **{_mean_sd(after)}** | "
-            f"{', '.join(f'{g:+.1f}' for g in gains)} | {statistics.mean(gains):+.1f} | {statistics.mean(steps):.1f} | "
+            f"{', '.join(f'{g:+.2f}' for g in gains)} | {statistics.mean(gains):+.2f} | {statistics.mean(steps):.1f} | "
             f"{sum(train) / sum(steps):.1f} | {share} | "
             f"{f'{max(walls) / 60:.1f} min' if walls else 'n/a'} | {f'{max(rss) / 1024:.1f} GB' if rss else 'n/a'} |"
         )
@@ -105,7 +105,7 @@ def summarize(runs: list[dict], docs: Path) -> str:
         "temperature 0 (the same prompts and the same deterministic measurement for every run). Each run: "
         "`accelerate launch recipes/<recipe>_llada.py --seed S --output_dir …`, alone on the machine. "
         "Training-time shares come from the trainers' `time/*` metrics; the last share is the rest of "
-        "`train_runtime`. Raw runs: " + docs.with_suffix(".json").name + "."
+        "`train_runtime`. Accuracy moves in steps of 100/prompts points. Raw runs: " + docs.with_suffix(".json").name + "."
     )
     table = "\n".join(lines) + "\n" + note
     docs.parent.mkdir(parents=True, exist_ok=True)
@@ -129,13 +129,12 @@ def _plot(runs: list[dict], path: Path) -> None:
             x = i + (j - (len(rs) - 1) / 2) * 0.18
             b, a = (100 * r["report"][k]["accuracy"] for k in ("heldout_before", "heldout_after"))
             ax.annotate("", xy=(x, a), xytext=(x, b), arrowprops=dict(arrowstyle="->", color=f"C{i}", lw=2))
-            ax.plot([x], [a], "o", color=f"C{i}", label=NAMES[algo] if j == 0 else None)
+            ax.plot([x], [a], "o", color=f"C{i}")
             ax.text(x, a + 0.15, f"s{r['seed']}", ha="center", fontsize=7)
         ax.axhline(100 * rs[0]["report"]["heldout_before"]["accuracy"], color="gray", lw=0.8, ls="--")
     ax.set_xticks(range(len(algos)), [NAMES[a] for a in algos])
-    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_ylabel("held-out accuracy (%); dashed: before")
     ax.set_title("Recipes with no arguments: held-out accuracy before → after, per seed")
-    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

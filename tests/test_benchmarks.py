@@ -46,7 +46,7 @@ def test_recipe_runs_runs_every_recipe_and_seed_and_tabulates(tmp_path, capsys):
             "--launcher", f"{sys.executable} {fake}"]
     recipe_runs.main(argv)
     table = docs.with_suffix(".md").read_text()
-    assert "| diffu-GRPO | 0,1 | 35.0 ± 0.0 → **40.5 ± 0.7** | +5.0, +6.0 | +5.5 | 10.0 | 10.0 | 60 / 10 / 5 / 25 % |" in table
+    assert "| diffu-GRPO | 0,1 | 35.0 ± 0.0 → **40.5 ± 0.7** | +5.00, +6.00 | +5.50 | 10.0 | 10.0 | 60 / 10 / 5 / 25 % |" in table
     assert "| GDPO | 0,1 |" in table and "| DMPO | 0,1 |" in table
     runs = json.loads(docs.with_suffix(".json").read_text())
     assert len(runs) == 6 and all(r["returncode"] == 0 and r["peak_rss_mb"] > 0 for r in runs)
