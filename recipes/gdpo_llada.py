@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
             training_args.output_dir, title=f"GDPO · {model_args.model_name_or_path} · {script_args.task}",
             curve=curve.points, before=before, after=after,
             extra={"steps": trainer.state.global_step, "nfe": dict(trainer.nfe_counts),
-                   "seconds": {k: round(v, 1) for k, v in trainer.seconds_counts.items()},
+                   "seconds": {k: round(v, 3) for k, v in trainer.seconds_counts.items()},
                    "train_seconds": trainer.state.log_history[-1].get("train_runtime")},
         )
         if before and after:
