@@ -63,11 +63,11 @@ def run_child(opts) -> None:
         RewardCurveCallback,
         heldout_eval,
         load_policy,
+        set_torch_threads,
         train_dataset,
     )
 
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
+    set_torch_threads(opts.threads or 0)  # 0: torch's default
     recipe_name, trainer_name, config_name, extra = VARIANTS[opts.variant]
     recipe = load_recipe(recipe_name)
     parser = TrlParser((RecipeArguments, getattr(recipe, config_name), ModelConfig))

@@ -36,6 +36,7 @@ from dlm_trl.trainers.recipe_utils import (  # noqa: E402
     cpu_rollout_autocast_dtype,
     heldout_eval,
     load_policy,
+    run_summary,
     set_torch_threads,
     train_dataset,
     write_report,
@@ -115,9 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
         report = write_report(
             training_args.output_dir, title=f"DMPO · {model_args.model_name_or_path} · {script_args.task}",
             curve=curve.points, before=before, after=after,
-            extra={"steps": trainer.state.global_step, "nfe": dict(trainer.nfe_counts),
-                   "seconds": {k: round(v, 3) for k, v in trainer.seconds_counts.items()},
-                   "train_seconds": trainer.state.log_history[-1].get("train_runtime")},
+            extra=run_summary(trainer),
         )
         if before and after:
             print(f"held-out accuracy on {script_args.task} ({after['num_samples']} prompts): "

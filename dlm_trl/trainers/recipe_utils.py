@@ -194,6 +194,16 @@ class TimeBudgetCallback(TrainerCallback):
             self.stopped_early = True
 
 
+def run_summary(trainer) -> dict:
+    """What a recipe's report records about training: steps, NFE and seconds per bucket, train_runtime."""
+    return {
+        "steps": trainer.state.global_step,
+        "nfe": dict(trainer.nfe_counts),
+        "seconds": {k: round(v, 3) for k, v in trainer.seconds_counts.items()},
+        "train_seconds": trainer.state.log_history[-1].get("train_runtime"),
+    }
+
+
 def write_report(output_dir: str, *, title: str, curve: list[dict], before: dict | None, after: dict | None,
                  extra: dict | None = None) -> dict:
     """Write ``report.json`` and ``report.png`` under ``output_dir``; return the report."""
