@@ -250,6 +250,8 @@ def load_remote_code_model(path: str | os.PathLike, *, dtype: torch.dtype = torc
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(path, trust_remote_code=True, dtype=dtype)
+    if hasattr(model, "reset_rope_parameters"):
+        model.reset_rope_parameters()  # Dream: non-persistent rotary buffers are left uninitialised by transformers 5
     return model.eval()
 
 
