@@ -13,16 +13,32 @@ import sys
 from pathlib import Path
 
 
+def _load_kwargs(args: argparse.Namespace) -> dict:
+    """The model-loading flags of ``dlm-trl eval`` as keyword arguments of :func:`dlm_trl.models.load`."""
+    kwargs = {
+        "family": args.model_family,
+        "mask_token_id": args.mask_token_id,
+        "trust_remote_code": True if args.trust_remote_code else None,
+        "remote_code": args.remote_code,
+    }
+    if args.torch_dtype:
+        kwargs["dtype"] = args.torch_dtype
+    if args.attn_implementation:
+        kwargs["attn_implementation"] = args.attn_implementation
+    return kwargs
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, format_table
 
+    load_kwargs = _load_kwargs(args)
     if args.adapter:
         from .models import load_with_adapter
 
-        model, tok = load_with_adapter(args.model, args.adapter, device=args.device)
+        model, tok = load_with_adapter(args.model, args.adapter, device=args.device, **load_kwargs)
         kwargs = {"model": model, "tokenizer": tok, "model_name_or_path": f"{args.model}+{args.adapter}"}
     else:
-        kwargs = {"model_name_or_path": args.model, "device": args.device}
+        kwargs = {"model_name_or_path": args.model, "device": args.device, "load_kwargs": load_kwargs}
     res = evaluate(
         args.task,
         num_samples=args.num_samples,
@@ -33,6 +49,8 @@ def _eval(args: argparse.Namespace) -> int:
         steps=args.steps,
         temperature=args.temperature,
         remasking=args.remasking,
+        schedule=args.schedule,
+        cfg_scale=args.cfg_scale,
         batch_size=args.batch_size,
         progress=not args.no_progress,
         return_samples=args.samples,
@@ -67,8 +85,10 @@ def _tasks(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dlm-trl", description="RL fine-tuning of diffusion language models on TRL")
     sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--traceback", action="store_true", help="print the full Python traceback on errors")
 
-    ev = sub.add_parser("eval", help="evaluate a model on a task (generate + verify)")
+    ev = sub.add_parser("eval", parents=[common], help="evaluate a model on a task (generate + verify)")
     ev.add_argument("--model", default="tiny", help="'tiny' (embedded), a local checkpoint dir, or a hub id")
     ev.add_argument("--adapter", default=None, help="a PEFT adapter directory to load on top of --model")
     ev.add_argument("--task", default="countdown", help="countdown (default), sudoku, gsm8k or math")
@@ -79,29 +99,70 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--block-length", type=int, default=None, help="default: the task's (32 for real models)")
     ev.add_argument("--steps", type=int, default=None, help="denoising steps (default gen_length/2, as d1)")
     ev.add_argument("--temperature", type=float, default=0.0)
-    ev.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
+    ev.add_argument(
+        "--remasking", default=None,
+        help="which masked positions to commit first: low_confidence, random, margin, entropy, origin "
+        "(default: the model family's; LLaDA low_confidence)",
+    )
+    ev.add_argument(
+        "--schedule", default=None,
+        help="tokens committed per step: even (LLaDA) or dream_linspace (Dream); default: the model family's",
+    )
+    ev.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale (0 = off)")
     ev.add_argument("--batch-size", type=int, default=50)
     ev.add_argument("--device", default=None, help="e.g. cuda, cpu (default: where the model loads)")
+    ev.add_argument(
+        "--model-family", default=None, choices=["llada", "dream", "bidirectional"],
+        help="diffusion-LM family (default: read from the checkpoint's config.json)",
+    )
+    ev.add_argument("--mask-token-id", type=int, default=None, help="mask token id (default: config / tokenizer)")
+    ev.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="allow code shipped with the checkpoint (Dream's tokenizer, models dlm-trl has no native class for)",
+    )
+    ev.add_argument(
+        "--remote-code", action="store_true",
+        help="run the checkpoint's own modeling code instead of dlm-trl's native LLaDA/Dream implementation",
+    )
+    ev.add_argument(
+        "--torch-dtype", default=None, choices=["float32", "bfloat16", "float16", "auto"],
+        help="weights dtype (default: float32 for the tiny model, the checkpoint's otherwise)",
+    )
+    ev.add_argument("--attn-implementation", default=None, help="e.g. sdpa, eager (transformers' attn_implementation)")
     ev.add_argument("--data-dir", default=None, help="folder holding gsm8k/ or math/ (default ../shared/data)")
     ev.add_argument("--output", default=None, help="write the results as JSON here")
     ev.add_argument("--samples", action="store_true", help="include every completion in the JSON")
     ev.add_argument("--no-progress", action="store_true")
     ev.set_defaults(func=_eval)
 
-    pl = sub.add_parser("plugins", help="list installed estimators and rewards")
+    pl = sub.add_parser("plugins", parents=[common], help="list installed estimators and rewards")
     pl.set_defaults(func=_plugins)
-    tk = sub.add_parser("tasks", help="list built-in tasks")
+    tk = sub.add_parser("tasks", parents=[common], help="list built-in tasks")
     tk.set_defaults(func=_tasks)
     return parser
+
+
+#: Exceptions that are the user's to fix: printed as one line, no traceback.
+_USER_ERRORS = (ValueError, FileNotFoundError, KeyError, ImportError, OSError)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"dlm-trl: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("dlm-trl: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 — one readable line; --traceback for the rest
+        if args.traceback:
+            raise
+        msg = str(err).strip() or type(err).__name__
+        if isinstance(err, _USER_ERRORS):
+            print(f"dlm-trl: error: {msg}", file=sys.stderr)
+            return 2
+        print(f"dlm-trl: error ({type(err).__name__}): {msg}\n(run again with --traceback for the full trace)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -64,31 +64,46 @@ def evaluate(
     block_length: int | None = None,
     steps: int | None = None,
     temperature: float = 0.0,
-    remasking: str = "low_confidence",
+    remasking: str | None = None,
+    schedule: str | None = None,
+    cfg_scale: float = 0.0,
     batch_size: int = 50,
     device: str | None = None,
+    load_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
     return_samples: bool = False,
     data_path: str | None = None,
 ) -> dict[str, Any]:
     """Accuracy of ``model`` (a :class:`~dlm_trl.models.DLM`, or loaded from
-    ``model_name_or_path``) on ``num_samples`` held-out rows of ``task``."""
+    ``model_name_or_path`` with ``load_kwargs`` passed to :func:`dlm_trl.models.load`) on
+    ``num_samples`` held-out rows of ``task``. ``remasking`` / ``schedule`` left unset take the
+    model family's defaults (:meth:`SamplerConfig.for_family`)."""
     from .models import DLM, load
 
     t_task = get_task(task)
     if model is None:
         model_name_or_path = model_name_or_path or "tiny"
-        model, tokenizer = load(model_name_or_path, device=device)
+        model, tokenizer = load(model_name_or_path, device=device, **(load_kwargs or {}))
     elif not isinstance(model, DLM):
-        model = DLM.wrap(model, tokenizer=tokenizer)
+        lk = load_kwargs or {}
+        model = DLM.wrap(model, tokenizer=tokenizer, family=lk.get("family"), mask_token_id=lk.get("mask_token_id"))
     if tokenizer is None:
         raise ValueError("pass the tokenizer together with the model")
     gen_length = gen_length or t_task.gen_length
-    block_length = block_length or min(t_task.block_length, gen_length)
-    steps = steps or max(1, gen_length // 2)
-    config = SamplerConfig(
-        gen_length=gen_length, block_length=block_length, steps=steps, temperature=temperature, remasking=remasking
+    if block_length is None and model.family != "dream":
+        block_length = min(t_task.block_length, gen_length)  # Dream decodes in one block, as its own sampler
+    nb = gen_length // (block_length or gen_length)
+    steps = steps or max(nb, gen_length // 2 // nb * nb)
+    overrides = {"remasking": remasking, "schedule": schedule, "block_length": block_length}
+    config = SamplerConfig.for_family(
+        model.family,
+        gen_length=gen_length,
+        steps=steps,
+        temperature=temperature,
+        cfg_scale=cfg_scale,
+        **{k: v for k, v in overrides.items() if v is not None},
     )
+    block_length = config.block_length
     kwargs = {"data_path": data_path} if task in FILE_TASKS and data_path else {}
     rows = t_task.rows(split, num_samples, seed=seed, **kwargs)
     dev = model.device
@@ -127,7 +142,9 @@ def evaluate(
             "block_length": block_length,
             "steps": steps,
             "temperature": temperature,
-            "remasking": remasking,
+            "remasking": config.remasking,
+            "schedule": config.schedule,
+            "cfg_scale": cfg_scale,
         },
     }
     if return_samples:

@@ -18,7 +18,8 @@ always be overridden with ``family=``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -35,6 +36,18 @@ class UnknownModelFamilyError(ValueError):
     pass
 
 
+def unwrap_module(module: Any) -> Any:
+    """The model class under DDP / DeepSpeed (``.module``) and PEFT (``get_base_model()``) wrappers."""
+    for _ in range(8):
+        if hasattr(module, "get_base_model"):
+            module = module.get_base_model()
+        elif hasattr(module, "module") and isinstance(module.module, torch.nn.Module):
+            module = module.module
+        else:
+            break
+    return module
+
+
 def detect_family(config: Any) -> str:
     """Guess the family of a transformers config; raise with the override to use if unsure."""
     names = [str(getattr(config, "model_type", "") or "").lower()]
@@ -49,7 +62,7 @@ def detect_family(config: Any) -> str:
     raise UnknownModelFamilyError(
         f"cannot tell which diffusion-LM family model_type={names[0]!r} "
         f"(architectures={getattr(config, 'architectures', None)}) belongs to. "
-        f"Pass family=one of {FAMILIES} (command line: --model_family). Only models that predict "
+        f"Pass family=one of {FAMILIES} (command line: --model-family for dlm-trl eval, --model_family for recipes). Only models that predict "
         "masked tokens with bidirectional attention can be used."
     )
 
@@ -64,7 +77,7 @@ def resolve_mask_token_id(config: Any, tokenizer: Any = None, family: str | None
         return LLADA_MASK_ID
     raise ValueError(
         "no mask token: neither the model config nor the tokenizer defines mask_token_id. "
-        "Pass mask_token_id=... (command line: --mask_token_id) or use a tokenizer with a mask token."
+        "Pass mask_token_id=... (command line: --mask-token-id for dlm-trl eval, --mask_token_id for recipes) or use a tokenizer with a mask token."
     )
 
 
@@ -82,21 +95,55 @@ class DLM:
     family: str = "llada"
     eos_token_id: int | None = None
     pass_attention_mask: bool = True
+    _mask_mode: str | None = field(default=None, repr=False)
+    _warned_padding: bool = field(default=False, repr=False)
 
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise ValueError(f"unknown family {self.family!r}; choose one of {FAMILIES}")
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        kwargs = {}
-        if attention_mask is not None and self.pass_attention_mask:
-            kwargs["attention_mask"] = attention_mask
+        kwargs: dict[str, Any] = {}
+        if attention_mask is not None and self.pass_attention_mask and not bool(attention_mask.all()):
+            mode = self.mask_mode
+            if mode == "dream_remote":
+                # Dream's hub code takes what its own sampler builds: a [B, 1, T, T] boolean mask and
+                # position ids counting real tokens only (a 2-D integer mask crashes its SDPA call).
+                keep = attention_mask.bool()
+                kwargs["attention_mask"] = keep[:, None, None, :] & keep[:, None, :, None]
+                kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).masked_fill(~keep, 1)
+            elif mode == "ignored":
+                if not self._warned_padding:
+                    warnings.warn(
+                        "this model's own (remote) code ignores the attention mask, so left padding is attended to "
+                        "and outputs depend on how rows are padded and batched; dlm-trl's native implementation "
+                        "(load without remote_code / --remote-code) honours it",
+                        stacklevel=2,
+                    )
+                    self._warned_padding = True
+            else:
+                kwargs["attention_mask"] = attention_mask
         out = self.module(input_ids=input_ids, **kwargs)
         logits = out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, tuple) else out)  # [B, T, V]
         if self.family == "dream":
             # Dream: logits[i] predicts token i+1 → aligned logits for i come from i-1.
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
+
+    @property
+    def mask_mode(self) -> str:
+        """How the 2-D padding mask reaches the module: ``"2d"`` (native models, the tiny model, most
+        transformers models), ``"dream_remote"`` (Dream's hub code: 4-D boolean + position ids) or
+        ``"ignored"`` (LLaDA's hub code, which never applies it)."""
+        if self._mask_mode is None:
+            base = unwrap_module(self.module)
+            remote = type(base).__module__.startswith("transformers_modules")
+            self._mask_mode = "2d"
+            if remote and self.family == "dream":
+                self._mask_mode = "dream_remote"
+            elif remote and self.family == "llada":
+                self._mask_mode = "ignored"
+        return self._mask_mode
 
     @property
     def device(self) -> torch.device:

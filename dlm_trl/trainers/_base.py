@@ -155,6 +155,14 @@ class DLMConfig(GRPOConfig):
         default=None,
         metadata={"help": "Mask token id; read from the model config / tokenizer (LLaDA: 126336) when unset."},
     )
+    remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the checkpoint's own modeling code (trust_remote_code) instead of dlm-trl's native LLaDA / "
+            "Dream implementation. The hub code of LLaDA ignores padding and neither family's loads under "
+            "transformers 5 unpatched; use it only to compare against the native classes."
+        },
+    )
     gen_length: int | None = field(
         default=None,
         metadata={
@@ -172,9 +180,19 @@ class DLMConfig(GRPOConfig):
             "gen_length. Default: gen_length / 2 (d1)."
         },
     )
-    remasking: str = field(
-        default="low_confidence",
-        metadata={"help": f"Sampler remasking strategy, one of {REMASKING_STRATEGIES}."},
+    remasking: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Sampler remasking strategy, one of {REMASKING_STRATEGIES}. Default: the model family's "
+            "(LLaDA and the tiny model: low_confidence; Dream: entropy)."
+        },
+    )
+    schedule: str | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens committed per sampler step: 'even' (LLaDA) or 'dream_linspace' (Dream's "
+            "int(n(1 - s/t)) over linspace(1, eps, steps + 1), per block). Default: the model family's."
+        },
     )
     cfg_scale: float = field(
         default=0.0, metadata={"help": "Classifier-free guidance scale of the sampler (0 disables guidance)."}
@@ -314,15 +332,18 @@ class DLMConfig(GRPOConfig):
                 f"estimator {self.estimator!r} does not accept estimator_kwargs={self.estimator_kwargs}: {err}"
             ) from None
 
-    def sampler_config(self) -> SamplerConfig:
-        """The rollout sampler's settings."""
-        return SamplerConfig(
+    def sampler_config(self, family: str | None = None) -> SamplerConfig:
+        """The rollout sampler's settings: the family's defaults (:meth:`SamplerConfig.for_family`;
+        ``model_family`` or LLaDA's when unknown) updated by ``remasking`` / ``schedule`` when set."""
+        overrides = {k: v for k, v in (("remasking", self.remasking), ("schedule", self.schedule)) if v is not None}
+        return SamplerConfig.for_family(
+            family or self.model_family or "llada",
             gen_length=int(self.gen_length),
             block_length=int(self.block_length),
             steps=int(self.diffusion_steps),
             temperature=float(self.temperature),
-            remasking=self.remasking,
             cfg_scale=float(self.cfg_scale),
+            **overrides,
         )
 
 
@@ -370,9 +391,11 @@ class _DLMTrainerBase(GRPOTrainer):
             from ..models import load_model, load_tokenizer
 
             init_kwargs = _parse_dict(args.model_init_kwargs, "model_init_kwargs")
-            init_kwargs.setdefault("trust_remote_code", args.trust_remote_code or None)
+            init_kwargs.setdefault("trust_remote_code", args.trust_remote_code or args.remote_code or None)
+            init_kwargs.setdefault("remote_code", args.remote_code)
+            init_kwargs.setdefault("family", args.model_family)
             if processing_class is None:
-                processing_class = load_tokenizer(model)
+                processing_class = load_tokenizer(model, trust_remote_code=init_kwargs["trust_remote_code"])
                 processing_class.padding_side = "left"
             model = load_model(model, **init_kwargs)
         if getattr(model, "generation_config", None) is None:
@@ -423,6 +446,7 @@ class _DLMTrainerBase(GRPOTrainer):
         base = base.get_base_model() if is_peft_model(base) else base
         spec = DLM.wrap(base, tokenizer=self._tokenizer, family=family, mask_token_id=mask_id)
         self.mask_token_id, self.model_family = spec.mask_token_id, spec.family
+        self.sampler_config = args.sampler_config(self.model_family)  # the family's schedule and rule
         self.eos_token_id = self._tokenizer.eos_token_id if self._tokenizer.eos_token_id is not None else spec.eos_token_id
 
         self.ref_model = self._setup_reference(ref_model, needs_ref)
@@ -486,7 +510,7 @@ class _DLMTrainerBase(GRPOTrainer):
         if isinstance(ref_model, str):
             from ..models import load_model
 
-            ref_model = load_model(ref_model, dtype=self.model.dtype)
+            ref_model = load_model(ref_model, dtype=self.model.dtype, **self._reload_kwargs())
         if ref_model is None:
             zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
             source = getattr(self.model.config, "_name_or_path", "")
@@ -498,7 +522,7 @@ class _DLMTrainerBase(GRPOTrainer):
                     )
                 from ..models import load_model
 
-                ref_model = load_model(source, dtype=self.model.dtype)
+                ref_model = load_model(source, dtype=self.model.dtype, **self._reload_kwargs())
             else:
                 ref_model = copy.deepcopy(self.accelerator.unwrap_model(self.model))
                 # GRPOTrainer.__init__ replaced the policy's `forward` by an instance attribute (TRL's fused
@@ -516,6 +540,12 @@ class _DLMTrainerBase(GRPOTrainer):
         if self.is_fsdp_enabled:
             return prepare_fsdp(ref_model, self.accelerator)
         return self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+
+    def _reload_kwargs(self) -> dict:
+        """How to load the reference from a path: the same implementation (native or remote code) as the policy."""
+        remote = bool(self.args.remote_code)
+        return {"remote_code": remote, "trust_remote_code": (self.args.trust_remote_code or remote) or None,
+                "family": self.model_family}
 
     def _send_telemetry(self):
         """No telemetry: dlm-trl never phones home (TRL's version pings the Hub from ``__init__``)."""

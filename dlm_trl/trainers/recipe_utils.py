@@ -102,10 +102,16 @@ def cpu_rollout_autocast_dtype() -> str | None:
 
 
 def load_policy(model_args, training_args):
-    """``(model, tokenizer, peft_config)`` for ``ModelConfig`` (``model_name_or_path`` unset → the tiny model)."""
+    """``(model, tokenizer, peft_config)`` for ``ModelConfig`` (``model_name_or_path`` unset → the tiny model).
+
+    LLaDA and Dream checkpoints load into dlm-trl's native classes (``--remote_code`` runs their own
+    code instead); ``--lora_target_modules`` accepts the presets of :mod:`dlm_trl.models.lora`
+    (``llada``, ``dream``, ``tiny``, ``auto``) and fails on names that match no module.
+    """
     from trl import get_peft_config, get_quantization_config
 
     from ..models import load_model, load_tokenizer
+    from ..models.lora import model_preset, resolve_lora_targets
 
     name = model_args.model_name_or_path or "tiny"
     model_args.model_name_or_path = name
@@ -117,12 +123,19 @@ def load_policy(model_args, training_args):
         kwargs["quantization_config"] = quantization
     if model_args.attn_implementation is not None:
         kwargs["attn_implementation"] = model_args.attn_implementation
-    if training_args.trust_remote_code:
-        kwargs["trust_remote_code"] = True
-    model = load_model(name, **kwargs)
-    tokenizer = load_tokenizer(name)
+    remote = bool(getattr(training_args, "remote_code", False))
+    trust = bool(training_args.trust_remote_code) or remote
+    model = load_model(
+        name, trust_remote_code=trust or None, remote_code=remote,
+        family=getattr(training_args, "model_family", None), **kwargs,
+    )
+    tokenizer = load_tokenizer(name, trust_remote_code=trust)
     tokenizer.padding_side = "left"
-    return model, tokenizer, get_peft_config(model_args)
+    peft_config = get_peft_config(model_args)
+    if peft_config is not None:
+        targets = model_args.lora_target_modules or ("auto" if model_preset(model) else None)
+        peft_config.target_modules = resolve_lora_targets(model, targets)
+    return model, tokenizer, peft_config
 
 
 def train_dataset(script_args: RecipeArguments):
@@ -151,6 +164,10 @@ def heldout_eval(model, tokenizer, script_args: RecipeArguments, training_args, 
         batch_size=script_args.eval_batch_size,
         progress=progress,
         data_path=script_args.data_path,
+        load_kwargs={
+            "family": getattr(training_args, "model_family", None),
+            "mask_token_id": getattr(training_args, "mask_token_id", None),
+        },
     )
     return {k: result[k] for k in ("task", "num_samples", "accuracy", "mean_reward", "seconds", "sampler")}
 
