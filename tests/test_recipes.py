@@ -54,7 +54,7 @@ def test_there_is_a_config_per_trainer_and_task():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_yaml_config_parses(path):
-    algo = next(a for a in RECIPES if path.stem.startswith(a + "_llada"))
+    algo, family = next((a, f) for a in RECIPES for f in ("llada", "dream") if path.stem.startswith(f"{a}_{f}_"))
     recipe = load_recipe(algo)
     config_cls = getattr(recipe, RECIPES[algo])
     header = path.read_text().splitlines()[:5]
@@ -63,8 +63,11 @@ def test_yaml_config_parses(path):
     )
     parser = TrlParser((RecipeArguments, config_cls, ModelConfig))
     script_args, args, model_args = parser.parse_args_and_config(["--config", str(path), "--use_cpu", "true"])
-    assert model_args.model_name_or_path == "GSAI-ML/LLaDA-8B-Instruct"
+    expected_model = {"llada": "GSAI-ML/LLaDA-8B-Instruct", "dream": "Dream-org/Dream-v0-Instruct-7B"}[family]
+    assert model_args.model_name_or_path == expected_model
     assert model_args.use_peft and model_args.lora_r == 128 and model_args.lora_alpha == 64
+    # LoRA targets are the family's preset: every projection of every block (a Llama list misses LLaDA's)
+    assert model_args.lora_target_modules in ([family], family)  # TrlParser turns a one-item list into a str
     assert args.gen_length == 256 == args.max_completion_length and args.block_length == 32
     assert script_args.task in path.stem and script_args.reward_funcs
     assert get_task(script_args.task).name == script_args.task  # every config names a task that exists

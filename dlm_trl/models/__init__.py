@@ -233,9 +233,11 @@ def load_model(
     else:
         cfg = _config_dict(path)
         fam = native_family(cfg)
-        if family in NATIVE_CLASSES and fam is None:
-            fam = family
-        if fam in NATIVE_CLASSES:
+        if family in NATIVE_CLASSES and fam is None and not cfg.get("auto_map"):
+            fam = family  # a LLaDA / Dream checkpoint saved under another model_type
+        if cfg.get("model_type") == TinyDLMConfig.model_type:
+            model = TinyDLMForMaskedDiffusion.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
+        elif fam in NATIVE_CLASSES:
             import importlib
 
             module_name, cls_name = NATIVE_CLASSES[fam]

@@ -42,6 +42,20 @@ class BlockKVCache:
         return self.keys[i], self.values[i]
 
 
+def tied_weights_keys(mapping: dict[str, str]) -> dict[str, str] | list[str]:
+    """``_tied_weights_keys`` in the installed transformers' format for ``{tied: source}`` ``mapping``.
+
+    transformers 5 declares ties as a ``{target: source}`` dict (and ties whatever it names);
+    transformers 4.x takes the list of the tied (target) names and ties the output embedding to
+    the input embedding itself when ``tie_word_embeddings`` is set.
+    """
+    from transformers import PreTrainedModel
+
+    if hasattr(PreTrainedModel, "get_expanded_tied_weights_keys"):  # transformers >= 5
+        return dict(mapping)
+    return list(mapping)
+
+
 def positions_from_mask(attention_mask: torch.Tensor | None, B: int, T: int, device) -> torch.Tensor:
     """Position ids ``[B, T]``: ``0..T-1`` without a mask, else the count of real tokens before each one."""
     if attention_mask is None:
@@ -113,7 +127,13 @@ def attend(
 
 
 def merge_block_kv(
-    cache_k: torch.Tensor, cache_v: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lo: int, hi: int, inplace: bool
+    cache_k: torch.Tensor,
+    cache_v: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lo: int,
+    hi: int,
+    inplace: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys/values of all positions with ``lo..hi-1`` replaced by the fresh block ``k, v``."""
     if not inplace:
@@ -132,4 +152,5 @@ __all__ = [
     "positions_from_mask",
     "rotary_tables",
     "rotate_half",
+    "tied_weights_keys",
 ]

@@ -49,6 +49,7 @@ from dlm_trl.models._layers import (
     merge_block_kv,
     positions_from_mask,
     rotary_tables,
+    tied_weights_keys,
 )
 
 try:  # transformers >= 5: init functions that skip tensors already loaded from a checkpoint
@@ -292,7 +293,7 @@ class DreamPreTrainedModel(PreTrainedModel):
 class DreamModel(DreamPreTrainedModel):
     """Dream's mask predictor with the hub's parameter names: ``f(x) -> logits [B, T, V]``, logit i → token i+1."""
 
-    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tied_weights_keys = tied_weights_keys({"lm_head.weight": "model.embed_tokens.weight"})
 
     def __init__(self, config: DreamConfig):
         super().__init__(config)

@@ -1,4 +1,4 @@
-"""Native LLaDA (``GSAI-ML/LLaDA-8B-Instruct``, ``LLaDA-8B-Base``, ``LLaDA-1.5``) for transformers 5.
+"""Native LLaDA (``GSAI-ML/LLaDA-8B-Instruct``, ``LLaDA-8B-Base``, ``LLaDA-1.5``), transformers 4.56+ and 5.
 
 Loads the hub checkpoints with ``LLaDAModelLM.from_pretrained(path)``, no remote code. What
 matches the hub's ``modeling_llada.py``: the parameter names and shapes (``model.transformer.…``),
@@ -27,13 +27,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
-from transformers import initialization as hf_init
-from transformers.modeling_layers import GradientCheckpointingLayer
+
+try:  # transformers >= 5: init functions that skip tensors already loaded from a checkpoint
+    from transformers import initialization as hf_init
+except ImportError:  # transformers 4.x initialises only the modules a checkpoint did not fill
+    hf_init = nn.init
+from transformers.modeling_layers import GradientCheckpointingLayer  # transformers >= 4.52
 from transformers.utils import ModelOutput
 
 from ._layers import (
@@ -44,6 +49,7 @@ from ._layers import (
     merge_block_kv,
     positions_from_mask,
     rotary_tables,
+    tied_weights_keys,
 )
 
 # LLaDA-8B's mask token (``<|mdm_mask|>``). The hub configuration class falls back to 50256
@@ -74,48 +80,68 @@ class LLaDAConfig(PretrainedConfig):
         "tie_word_embeddings": "weight_tying",
     }
 
-    d_model: int = 4096
-    n_heads: int = 32
-    n_kv_heads: int | None = 32
-    n_layers: int = 32
-    mlp_ratio: int = 4
-    mlp_hidden_size: int | None = 12288
-    activation_type: str = "silu"
-    block_type: str = "llama"
-    block_group_size: int = 1
-    alibi: bool = False
-    alibi_bias_max: float = 8.0
-    rope: bool = True
-    rope_full_precision: bool = True
-    rope_theta: float = 500000.0
-    flash_attention: bool = False
-    attention_dropout: float = 0.0
-    multi_query_attention: bool | None = None
-    attention_layer_norm: bool = False
-    attention_layer_norm_with_affine: bool = True
-    residual_dropout: float = 0.0
-    embedding_dropout: float = 0.0
-    input_emb_norm: bool = False
-    layer_norm_type: str = "rms"
-    layer_norm_with_affine: bool = True
-    bias_for_layer_norm: bool | None = False
-    rms_norm_eps: float = 1e-5
-    max_sequence_length: int = 4096
-    include_bias: bool = False
-    include_qkv_bias: bool | None = False
-    scale_logits: bool = False
-    vocab_size: int = 126464
-    embedding_size: int | None = 126464
-    weight_tying: bool = False
-    eos_token_id: int | None = 126081
-    pad_token_id: int | None = 126081
-    mask_token_id: int | None = LLADA_MASK_TOKEN_ID
-    init_device: str | None = "meta"
-    init_fn: str = "mitchell"
-    init_std: float = 0.02
-    init_cutoff_factor: float | None = None
-    precision: str | None = "amp_bf16"
-    use_cache: bool = False
+    # Every field with its default. ``__init__`` sets them explicitly (instead of annotated class
+    # fields, which only transformers 5 turns into a dataclass ``__init__``), so the class behaves
+    # the same under transformers 4.x and 5.
+    _FIELDS = {
+        "d_model": 4096,
+        "n_heads": 32,
+        "n_kv_heads": 32,
+        "n_layers": 32,
+        "mlp_ratio": 4,
+        "mlp_hidden_size": 12288,
+        "activation_type": "silu",
+        "block_type": "llama",
+        "block_group_size": 1,
+        "alibi": False,
+        "alibi_bias_max": 8.0,
+        "rope": True,
+        "rope_full_precision": True,
+        "rope_theta": 500000.0,
+        "flash_attention": False,
+        "attention_dropout": 0.0,
+        "multi_query_attention": None,
+        "attention_layer_norm": False,
+        "attention_layer_norm_with_affine": True,
+        "residual_dropout": 0.0,
+        "embedding_dropout": 0.0,
+        "input_emb_norm": False,
+        "layer_norm_type": "rms",
+        "layer_norm_with_affine": True,
+        "bias_for_layer_norm": False,
+        "rms_norm_eps": 1e-5,
+        "max_sequence_length": 4096,
+        "include_bias": False,
+        "include_qkv_bias": False,
+        "scale_logits": False,
+        "vocab_size": 126464,
+        "embedding_size": 126464,
+        "weight_tying": False,
+        "eos_token_id": 126081,
+        "pad_token_id": 126081,
+        "mask_token_id": LLADA_MASK_TOKEN_ID,
+        "init_device": "meta",
+        "init_fn": "mitchell",
+        "init_std": 0.02,
+        "init_cutoff_factor": None,
+        "precision": "amp_bf16",
+        "use_cache": False,
+    }
+
+    def __init__(self, **kwargs: Any):
+        fields = dict(self._FIELDS)
+        for key in list(kwargs):
+            name = self.attribute_map.get(key, key)  # hidden_size=... sets d_model, etc.
+            if name in fields:
+                fields[name] = kwargs.pop(key)
+        # Set before the base init (transformers 5's post-init may read them) and again after it
+        # (transformers 4.x's base init assigns its own defaults to tie_word_embeddings, i.e.
+        # weight_tying, and to the pad/eos token ids).
+        for name, value in fields.items():
+            setattr(self, name, value)
+        super().__init__(**kwargs)
+        for name, value in fields.items():
+            setattr(self, name, value)
 
     # Derived sizes (read-only properties, not serialised).
     @property
@@ -489,7 +515,9 @@ class LLaDAPreTrainedModel(PreTrainedModel):
 class LLaDAModelLM(LLaDAPreTrainedModel):
     """The mask predictor ``f_θ(x_t) -> logits [B, T, embedding_size]`` (aligned with the input, no shift)."""
 
-    _tied_weights_keys = {"model.transformer.ff_out.weight": "model.transformer.wte.weight"}
+    _tied_weights_keys = tied_weights_keys(
+        {"model.transformer.ff_out.weight": "model.transformer.wte.weight"}
+    )
 
     def __init__(self, config: LLaDAConfig):
         config.check_supported()

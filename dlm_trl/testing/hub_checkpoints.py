@@ -7,8 +7,10 @@ and the embedded model's tokenizer, so ``AutoModel.from_pretrained(dir, trust_re
 runs the upstream code just as it runs for ``GSAI-ML/LLaDA-8B-Instruct`` or ``Dream-org/Dream-v0-Instruct-7B``.
 
 The upstream code does not load under transformers 5.x as is; ``patched=True`` (the default)
-applies the reference folder's ``transformers5.patch`` to the copy, ``patched=False`` keeps
-the files byte-for-byte as the hub serves them (what a user downloading a checkpoint gets).
+applies the reference folder's ``transformers5.patch`` to the copy when the installed
+transformers is 5 or later (under 4.x the hub code runs unmodified, as it does for users of
+transformers 4.x, so nothing is patched); ``patched=False`` keeps the files byte-for-byte as
+the hub serves them (what a user downloading a checkpoint gets).
 
 The tokenizer is the embedded tiny model's (1,024 tokens, ``<|mdm_mask|>``, LLaDA's chat
 template), so tiny configs use ``vocab_size = 1024`` and that tokenizer's mask/EOS ids.
@@ -16,6 +18,7 @@ template), so tiny configs use ``vocab_size = 1024`` and that tokenizer's mask/E
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -69,8 +72,21 @@ def _check_family(family: str) -> None:
         raise ValueError(f"unknown family {family!r}; hub checkpoints exist for {sorted(FAMILY_FILES)}")
 
 
+def needs_transformers5_patch() -> bool:
+    """Whether the installed transformers is 5 or later, where the upstream code needs ``transformers5.patch``."""
+    import transformers
+    from packaging.version import Version
+
+    return Version(transformers.__version__).major >= 5
+
+
 def copy_reference(family: str, dest: str | os.PathLike, *, patched: bool = True) -> Path:
-    """Copy the upstream files of ``family`` into ``dest``; apply ``transformers5.patch`` if ``patched``."""
+    """Copy the upstream files of ``family`` into ``dest``.
+
+    With ``patched`` (the default) ``transformers5.patch`` is applied when the installed
+    transformers needs it (:func:`needs_transformers5_patch`); otherwise, and always with
+    ``patched=False``, the files are the hub's, byte-for-byte.
+    """
     _check_family(family)
     ref = reference_dir()
     if ref is None:
@@ -81,7 +97,7 @@ def copy_reference(family: str, dest: str | os.PathLike, *, patched: bool = True
     for name in FAMILY_FILES[family]:
         shutil.copyfile(src / name, dest / name)
         os.chmod(dest / name, 0o644)  # the shared copy is read-only
-    if patched:
+    if patched and needs_transformers5_patch():
         patch_file = src / "transformers5.patch"
         # The patch touches files by their base names (a/modeling_llada.py); only those we copied.
         cmds = [["patch", "-p1", "--quiet", "-i", str(patch_file)], ["git", "apply", "-p1", str(patch_file)]]
@@ -210,23 +226,23 @@ def build_remote_code_checkpoint(
     Weights are drawn with ``seed`` (normal, std ``init_std`` for matrices, so logits are far
     from uniform and greedy decoding is not dominated by ties; norms get 1 + small noise). With
     ``patched=False`` the folder keeps the hub's unmodified files, which do not load under
-    transformers 5 (see the reference README); the weights are still written through the patched code.
+    transformers 5 (see the reference README) but do under 4.x; the weights are still written
+    through a loadable copy (patched under transformers 5).
     """
-    from transformers import AutoConfig, AutoModel
-
     _check_family(family)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = tiny_config(family, **config_overrides)
-    # Build through a patched copy (only it can instantiate under transformers 5).
+    # Build through a copy the installed transformers can instantiate (patched under transformers 5).
     build = out / "_build"
     if build.exists():
         shutil.rmtree(build)
     copy_reference(family, build, patched=True)
     _write_config(build, cfg, family, auto_map=True)
-    config = AutoConfig.from_pretrained(build, trust_remote_code=True)
+    config_cls, model_cls = remote_code_classes(build)
+    config = config_cls.from_pretrained(build)
     torch.manual_seed(seed)
-    model = AutoModel.from_config(config, trust_remote_code=True)
+    model = model_cls._from_config(config)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
@@ -245,13 +261,59 @@ def build_remote_code_checkpoint(
     return out
 
 
-def load_remote_code_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32):
-    """Load a checkpoint with its own (upstream) modeling code, eval mode."""
-    from transformers import AutoModel
+def remote_code_classes(path: str | os.PathLike) -> tuple[type, type]:
+    """The configuration and model classes of the modeling files in checkpoint folder ``path`` (its ``auto_map``).
 
-    model = AutoModel.from_pretrained(path, trust_remote_code=True, dtype=dtype)
+    What ``AutoModel.from_pretrained(path, trust_remote_code=True)`` runs, resolved from the
+    folder itself: LLaDA's upstream code registers its classes with ``AutoConfig`` /
+    ``AutoModel`` for ``model_type`` ``"llada"`` on import, and transformers 5 then prefers that
+    registration over the ``auto_map`` of every later checkpoint, so through the auto classes a
+    process would keep running the first LLaDA code it imported (e.g. a patched copy for an
+    unpatched checkpoint). The auto registries are restored after the import, so resolving one
+    checkpoint's classes changes what no other load resolves.
+    """
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    path = str(path)
+    auto_map = json.loads((Path(path) / "config.json").read_text()).get("auto_map") or {}
+    if "AutoConfig" not in auto_map or "AutoModel" not in auto_map:
+        raise ValueError(
+            f"{path}/config.json has no auto_map with AutoConfig and AutoModel: not a remote-code checkpoint"
+        )
+    with _auto_registries_restored():
+        config_cls = get_class_from_dynamic_module(auto_map["AutoConfig"], path)
+        model_cls = get_class_from_dynamic_module(auto_map["AutoModel"], path)
+    return config_cls, model_cls
+
+
+@contextlib.contextmanager
+def _auto_registries_restored():
+    """Undo ``AutoConfig.register`` / ``AutoModel*.register`` calls made inside (by imported remote code)."""
+    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    registries = [CONFIG_MAPPING] + [
+        getattr(c, "_model_mapping", None) for c in (AutoModel, AutoModelForCausalLM)
+    ]
+    extras = [getattr(r, "_extra_content", None) for r in registries]
+    saved = [dict(e) if isinstance(e, dict) else None for e in extras]
+    try:
+        yield
+    finally:
+        for extra, before in zip(extras, saved, strict=True):
+            if before is not None:
+                extra.clear()
+                extra.update(before)
+
+
+def load_remote_code_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32):
+    """Load a checkpoint with its own (upstream) modeling code (see :func:`remote_code_classes`), eval mode."""
+    config_cls, model_cls = remote_code_classes(path)
+    model = model_cls.from_pretrained(path, config=config_cls.from_pretrained(path), dtype=dtype)
     if hasattr(model, "reset_rope_parameters"):
-        model.reset_rope_parameters()  # Dream: non-persistent rotary buffers are left uninitialised by transformers 5
+        # Dream: transformers 5 leaves the non-persistent rotary buffers uninitialised (4.x computes
+        # them at construction, so this recomputes the same values there).
+        model.reset_rope_parameters()
     return model.eval()
 
 
@@ -264,7 +326,9 @@ __all__ = [
     "build_remote_code_checkpoint",
     "copy_reference",
     "load_remote_code_model",
+    "needs_transformers5_patch",
     "reference_dir",
+    "remote_code_classes",
     "tiny_config",
     "tiny_tokenizer",
 ]

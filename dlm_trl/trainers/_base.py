@@ -544,8 +544,7 @@ class _DLMTrainerBase(GRPOTrainer):
     def _reload_kwargs(self) -> dict:
         """How to load the reference from a path: the same implementation (native or remote code) as the policy."""
         remote = bool(self.args.remote_code)
-        return {"remote_code": remote, "trust_remote_code": (self.args.trust_remote_code or remote) or None,
-                "family": self.model_family}
+        return {"remote_code": remote, "trust_remote_code": (self.args.trust_remote_code or remote) or None}
 
     def _send_telemetry(self):
         """No telemetry: dlm-trl never phones home (TRL's version pings the Hub from ``__init__``)."""

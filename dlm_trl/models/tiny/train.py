@@ -127,6 +127,24 @@ def make_batch(prompts, answers, idx, pad_id):
     return ids_t, torch.full((len(idx),), P), torch.tensor(att)
 
 
+
+def write_portable_tokenizer_config(folder: Path) -> None:
+    """Rewrite ``tokenizer_config.json`` in the form transformers 4.x and 5.x both read.
+
+    transformers 5 saves ``tokenizer_class: TokenizersBackend`` (a 5-only class) and
+    ``extra_special_tokens`` as a list (4.x expects a dict); both describe a plain fast tokenizer.
+    """
+    path = Path(folder) / "tokenizer_config.json"
+    cfg = json.loads(path.read_text())
+    cfg.pop("backend", None)
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    extra = cfg.pop("extra_special_tokens", None)
+    if isinstance(extra, list):
+        cfg["additional_special_tokens"] = extra
+    elif isinstance(extra, dict):
+        cfg["extra_special_tokens"] = extra
+    path.write_text(json.dumps(cfg, indent=2) + "\n")
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output-dir", default=str(CHECKPOINT_DIR))
@@ -230,6 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    write_portable_tokenizer_config(out)
     size_mb = (out / "model.safetensors").stat().st_size / 1e6
     info = {
         "parameters": n_params,
