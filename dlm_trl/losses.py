@@ -8,10 +8,22 @@ likelihood contributions from an estimator, advantages from TRL) and call these.
 Shapes: ``B`` rows, ``L`` completion positions, ``G`` group size (rollouts per prompt),
 ``R`` denoising replicates.
 
+Common keyword arguments: ``keep [B]`` (bool or 0/1; ``None`` = every row) drops rows from the
+loss *and* from its normaliser — the trainers pass it for groups whose rewards are all equal
+when ``drop_flat_groups=True`` (DAPO's dynamic sampling, without the resampling); ``delta``
+caps the unclipped ratio term (two-sided clipping, INTELLECT-2, TRL's ``delta``).
+
+Ratio metrics (every ratio loss): ``ratio/mean``, ``clip_ratio/low_mean`` (ratio below the
+range with ``A < 0``), ``clip_ratio/high_mean`` (above it with ``A > 0``),
+``clip_ratio/region_mean`` (either), ``log_ratio/abs_mean`` and ``log_ratio/abs_max`` (of the
+log-ratio the clip acts on: per token for diffu-GRPO, the length-normalised sequence log-ratio
+for GDPO), all over the rows / tokens that count.
+
 * :func:`clipped_token_loss` — diffu-GRPO (d1, arXiv 2504.12216): token-level PPO clip on
   ``ρ = exp(logp_θ − logp_old)`` plus ``β`` times the k3 KL to the reference.
 * :func:`sequence_clipped_loss` — GDPO (arXiv 2510.08554): one ratio per sequence,
-  ``exp((Ê_θ − Ê_old) / L)`` (the length normaliser sits inside the exponent).
+  ``exp((Ê_θ − Ê_old) / L)`` (the length normaliser sits inside the exponent), and a KL
+  term that is either per token (``kl_estimator="token_k3"``) or on the sequence mean.
 * :func:`dmpo_weights`, :func:`ess`, :func:`ess_temperature`, :func:`denoising_cross_entropy`,
   :func:`wdce_loss` — DMPO (arXiv 2510.08233) with the optional PDNS tempering
   (arXiv 2510.03824).
@@ -24,6 +36,7 @@ import torch
 NORMALIZATIONS = ("token", "sequence", "constant")
 LENGTH_MODES = ("padded", "true")
 BASELINES = ("negative_tilt", "mean", "none")
+KL_ESTIMATORS = ("token_k3", "sequence_k3")
 
 Metrics = dict[str, torch.Tensor]
 
@@ -33,16 +46,58 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum() / m.sum().clamp(min=1.0)
 
 
+def _masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Largest ``x`` where ``mask`` is set (0 when nothing is)."""
+    sel = x[mask.bool()]
+    return sel.max() if sel.numel() else torch.zeros((), dtype=x.dtype, device=x.device)
+
+
+def _keep_rows(keep: torch.Tensor | None, B: int, like: torch.Tensor) -> torch.Tensor:
+    """``keep`` as a float ``[B]`` (all ones when ``None``)."""
+    if keep is None:
+        return torch.ones(B, dtype=like.dtype, device=like.device)
+    if keep.shape != (B,):
+        raise ValueError(f"keep must have shape [{B}] (one flag per row), got {tuple(keep.shape)}")
+    return keep.to(device=like.device, dtype=like.dtype)
+
+
+def _ratio_metrics(
+    ratio: torch.Tensor, log_ratio: torch.Tensor, A: torch.Tensor, lo: float, hi: float, m: torch.Tensor
+) -> Metrics:
+    """Clip fractions and |log r| over the entries where ``m`` is set (all shapes broadcast alike)."""
+    low = (ratio < lo) & (A < 0)
+    high = (ratio > hi) & (A > 0)
+    return {
+        "ratio/mean": _masked_mean(ratio, m),
+        "clip_ratio/low_mean": _masked_mean(low.to(m.dtype), m),
+        "clip_ratio/high_mean": _masked_mean(high.to(m.dtype), m),
+        "clip_ratio/region_mean": _masked_mean((low | high).to(m.dtype), m),
+        "log_ratio/abs_mean": _masked_mean(log_ratio.abs(), m),
+        "log_ratio/abs_max": _masked_max(log_ratio.abs(), m),
+    }
+
+
+def _surrogate(ratio: torch.Tensor, A: torch.Tensor, lo: float, hi: float, delta: float | None) -> torch.Tensor:
+    """PPO's ``−min(r A, clip(r, lo, hi) A)``; with ``delta`` the unclipped ``r`` is capped at ``delta``
+    (two-sided clipping: bounds the loss of a sample with ``A < 0`` whose ratio ran away)."""
+    clipped = torch.clamp(ratio, lo, hi)
+    unclipped = ratio if delta is None else torch.clamp(ratio, max=delta)
+    return -torch.min(unclipped * A, clipped * A)
+
+
 def k3_kl(ref_logps: torch.Tensor, logps: torch.Tensor) -> torch.Tensor:
     """Schulman's k3 estimator of KL(π_θ ‖ π_ref): ``exp(ref − θ) − (ref − θ) − 1`` (≥ 0), elementwise."""
     d = ref_logps - logps
     return torch.exp(d) - d - 1.0
 
 
-def _clip_bounds(epsilon: float, epsilon_high: float | None) -> tuple[float, float]:
+def _clip_bounds(epsilon: float, epsilon_high: float | None, delta: float | None = None) -> tuple[float, float]:
     if epsilon < 0 or (epsilon_high is not None and epsilon_high < 0):
         raise ValueError(f"clip ranges must be ≥ 0, got epsilon={epsilon}, epsilon_high={epsilon_high}")
-    return 1.0 - epsilon, 1.0 + (epsilon if epsilon_high is None else epsilon_high)
+    hi = 1.0 + (epsilon if epsilon_high is None else epsilon_high)
+    if delta is not None and delta <= hi:
+        raise ValueError(f"delta={delta} must exceed the upper clip bound 1 + epsilon_high = {hi}")
+    return 1.0 - epsilon, hi
 
 
 def clipped_token_loss(
@@ -57,6 +112,9 @@ def clipped_token_loss(
     beta: float = 0.0,
     normalization: str = "token",
     max_length: int | None = None,
+    delta: float | None = None,
+    kl_ratio_correction: bool = False,
+    keep: torch.Tensor | None = None,  # [B]
 ) -> tuple[torch.Tensor, Metrics]:
     """diffu-GRPO's token-level clipped surrogate (d1, arXiv 2504.12216).
 
@@ -64,39 +122,38 @@ def clipped_token_loss(
     ``normalization``: ``"token"`` — sum over valid tokens / number of valid tokens in the
     batch (d1's choice, TRL's ``bnpo``); ``"sequence"`` — mean over each sequence's valid
     tokens, then over sequences (TRL's ``grpo``); ``"constant"`` — sum / (B · max_length)
-    (TRL's ``dr_grpo``).
+    (TRL's ``dr_grpo``). Rows with ``keep = 0`` count in none of them.
+    ``kl_ratio_correction`` multiplies the per-token k3 by ``ρ`` (with its gradient), TRL's
+    ``use_bias_correction_kl`` (DeepSeek-V3.2): the KL gradient then is that of the reverse KL
+    under the current policy rather than under the rollout policy.
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     if beta != 0.0 and ref_logps is None:
         raise ValueError("beta != 0 needs ref_logps (the reference policy's per-token log-probs)")
-    lo, hi = _clip_bounds(epsilon, epsilon_high)
-    m = mask.to(logps.dtype)  # [B, L]
+    lo, hi = _clip_bounds(epsilon, epsilon_high, delta)
+    B = logps.shape[0]
+    kept = _keep_rows(keep, B, logps)  # [B]
+    m = mask.to(logps.dtype) * kept[:, None]  # [B, L]
     A = advantages.to(logps.dtype)[:, None]  # [B, 1]
-    ratio = torch.exp(logps - old_logps)  # [B, L]
-    clipped = torch.clamp(ratio, lo, hi)
-    per_token = -torch.min(ratio * A, clipped * A)  # [B, L]
+    log_ratio = logps - old_logps  # [B, L]
+    ratio = torch.exp(log_ratio)
+    per_token = _surrogate(ratio, A, lo, hi, delta)  # [B, L]
     kl = None
     if beta != 0.0:
         kl = k3_kl(ref_logps, logps)  # [B, L]
-        per_token = per_token + beta * kl
+        per_token = per_token + beta * (kl * ratio if kl_ratio_correction else kl)
     if normalization == "token":
         loss = (per_token * m).sum() / m.sum().clamp(min=1.0)
     elif normalization == "sequence":
-        loss = ((per_token * m).sum(1) / m.sum(1).clamp(min=1.0)).mean()
+        per_row = (per_token * m).sum(1) / m.sum(1).clamp(min=1.0)
+        loss = (per_row * kept).sum() / kept.sum().clamp(min=1.0)
     else:
         if max_length is None:
             raise ValueError('normalization="constant" needs max_length (the generation length)')
-        loss = (per_token * m).sum() / (logps.shape[0] * max_length)
+        loss = (per_token * m).sum() / (kept.sum().clamp(min=1.0) * max_length)
     with torch.no_grad():
-        low = (ratio < lo) & (A < 0)
-        high = (ratio > hi) & (A > 0)
-        metrics: Metrics = {
-            "ratio/mean": _masked_mean(ratio, m),
-            "clip_ratio/low_mean": _masked_mean(low.to(m.dtype), m),
-            "clip_ratio/high_mean": _masked_mean(high.to(m.dtype), m),
-            "clip_ratio/region_mean": _masked_mean((low | high).to(m.dtype), m),
-        }
+        metrics = _ratio_metrics(ratio, log_ratio, A, lo, hi, m)
         if kl is not None:
             metrics["kl"] = _masked_mean(kl, m)
     return loss, metrics
@@ -122,44 +179,59 @@ def sequence_clipped_loss(
     length: str = "padded",
     ref_logps: torch.Tensor | None = None,  # [B, L]
     beta: float = 0.0,
+    kl_estimator: str = "sequence_k3",
+    delta: float | None = None,
+    keep: torch.Tensor | None = None,  # [B]
 ) -> tuple[torch.Tensor, Metrics]:
     """GDPO's sequence-level clipped surrogate (arXiv 2510.08554).
 
     ``Ê = Σ_i mask_i · logps_i`` per row; ``r = exp((Ê_θ − Ê_old) / n)`` with ``n`` the padded
     length ``L`` (default, as GDPO's reference code) or the true length (``length="true"``);
-    loss ``mean_b −min(r A, clip(r, 1−ε, 1+ε_high) A)``. With ``beta > 0`` a sequence-level
-    k3 term on ``(Ê_ref − Ê_θ) / n`` is added.
+    loss ``mean_b −min(r A, clip(r, 1−ε, 1+ε_high) A)`` over the kept rows. The clip acts on
+    the length-normalised log-ratio ``log r = Δ/n``, a per-token mean, so a range suited to it is
+    small (GSPO: 3e-4 / 4e-4; ``GDPOConfig.sequence_epsilon``): ``r`` leaves ``[1−ε, 1+ε_high]``
+    once ``Δ/n`` leaves ``[log(1−ε), log(1+ε_high)]`` ≈ ``[−ε, ε_high]``, and then the row's
+    gradient is zero (for the sign of ``A`` that the clip guards).
+
+    ``beta > 0`` adds ``β·KL`` per row, estimated on the reference's estimate on the same masks:
+
+    * ``kl_estimator="token_k3"``: k3 of each token's contribution,
+      ``mean_{i valid} [exp(c_ref,i − c_θ,i) − (c_ref,i − c_θ,i) − 1]`` — ≈ ``mean δ_i² / 2``;
+    * ``"sequence_k3"``: k3 of the mean difference ``(Ê_ref − Ê_θ)/n`` — ≈ ``(mean δ_i)² / 2``,
+      which is much weaker whenever the per-token differences do not all share a sign (not a KL
+      anchor; kept for comparison with earlier runs).
     """
     if beta != 0.0 and ref_logps is None:
         raise ValueError("beta != 0 needs ref_logps")
-    lo, hi = _clip_bounds(epsilon, epsilon_high)
+    if kl_estimator not in KL_ESTIMATORS:
+        raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}")
+    lo, hi = _clip_bounds(epsilon, epsilon_high, delta)
+    B = logps.shape[0]
+    kept = _keep_rows(keep, B, logps)  # [B]
     m = mask.to(logps.dtype)
     n = sequence_lengths(mask, length).to(logps.dtype)  # [B]
     seq = (logps * m).sum(1)  # [B]
     seq_old = (old_logps * m).sum(1)  # [B]
     A = advantages.to(logps.dtype)  # [B]
-    ratio = torch.exp((seq - seq_old) / n)  # [B]
-    clipped = torch.clamp(ratio, lo, hi)
-    per_seq = -torch.min(ratio * A, clipped * A)  # [B]
+    log_ratio = (seq - seq_old) / n  # [B] length-normalised
+    ratio = torch.exp(log_ratio)
+    per_seq = _surrogate(ratio, A, lo, hi, delta)  # [B]
     kl = None
     if beta != 0.0:
-        kl = k3_kl((ref_logps * m).sum(1) / n, seq / n)  # [B]
+        if kl_estimator == "token_k3":
+            kl = (k3_kl(ref_logps, logps) * m).sum(1) / m.sum(1).clamp(min=1.0)  # [B] mean over valid tokens
+        else:
+            kl = k3_kl((ref_logps * m).sum(1) / n, seq / n)  # [B]
         per_seq = per_seq + beta * kl
-    loss = per_seq.mean()
+    loss = (per_seq * kept).sum() / kept.sum().clamp(min=1.0)
     with torch.no_grad():
-        low = (ratio < lo) & (A < 0)
-        high = (ratio > hi) & (A > 0)
-        metrics: Metrics = {
-            "ratio/mean": ratio.mean(),
-            "ratio/min": ratio.min(),
-            "ratio/max": ratio.max(),
-            "clip_ratio/low_mean": low.float().mean(),
-            "clip_ratio/high_mean": high.float().mean(),
-            "clip_ratio/region_mean": (low | high).float().mean(),
-            "elbo/per_token_mean": (seq / n).mean(),
-        }
+        metrics = _ratio_metrics(ratio, log_ratio, A, lo, hi, kept)
+        on = kept.bool()
+        metrics["ratio/min"] = ratio[on].min() if on.any() else ratio.new_ones(())
+        metrics["ratio/max"] = ratio[on].max() if on.any() else ratio.new_ones(())
+        metrics["elbo/per_token_mean"] = _masked_mean(seq / n, kept)
         if kl is not None:
-            metrics["kl"] = kl.mean()
+            metrics["kl"] = _masked_mean(kl, kept)
     return loss, metrics
 
 
@@ -183,8 +255,10 @@ def ess_temperature(
     iters: int = 50,
 ) -> torch.Tensor:  # [n_groups]
     """PDNS proximal tempering (arXiv 2510.03824): per group the largest ``c ∈ (0, c_max]``
-    whose weights ``softmax(c · scores)`` have normalised ESS ≥ ``target`` (bisection; the
-    ESS of a tempered softmax decreases monotonically in ``c``)."""
+    whose weights ``softmax(c · scores)`` have normalised ESS ``1/(G Σ w²)`` ≥ ``target``
+    (bisection; the ESS of a tempered softmax decreases monotonically in ``c`` from 1 at
+    ``c = 0``). A group whose ESS at ``c_max`` already reaches the target keeps ``c_max``; any
+    other ends within ``c_max · 2^-iters`` of the ``c`` where the ESS equals the target."""
     if not 0.0 < target <= 1.0:
         raise ValueError(f"the ESS target is a fraction in (0, 1], got {target}")
     s = scores.double()
@@ -208,13 +282,22 @@ def dmpo_weights(
     alpha: float,
     c: float | torch.Tensor = 1.0,  # scalar or [n_groups]
     baseline: str = "negative_tilt",
+    metric_groups: torch.Tensor | None = None,  # [n_groups] bool
 ) -> tuple[torch.Tensor, Metrics]:
     """DMPO's importance weights over each group of ``G`` rollouts (arXiv 2510.08233).
 
     ``w = softmax_G(c·(ℓ + r/α))``; baseline ``b``: ``"negative_tilt"`` (default)
     ``softmax_G(c·(ℓ − r/α))``, ``"mean"`` ``1/G``, ``"none"`` 0. Returns ``ŵ = w − b``
-    (``[N]``, detached) and metrics (ESS and weight statistics of ``w``). With a baseline
-    the weights of each group sum to zero.
+    (``[N]``, detached) and metrics of ``w``: ``ess_mean`` / ``ess_min`` (normalised ESS
+    ``1/(G Σ w²)``), ``weight_max_mean`` (the largest weight of a group, averaged),
+    ``weight_entropy_mean``, ``weight_abs_centered_mean`` (``|ŵ|``) — over the groups of
+    ``metric_groups`` (e.g. those whose rewards differ; all groups when ``None`` or none is
+    set) — and ``log_ratio/*`` of ℓ over all rows. With a baseline the weights of each group
+    sum to zero.
+
+    Scale: the scores are ``r/α``; with rewards in {0, 0.1, 1} and α = 0.04 they are {0, 2.5, 25},
+    so in a group with one correct rollout ``w`` puts all but < G·e⁻²² of the mass on it (ESS ≈ 1/G) and
+    ``e^2.5 ≈ 12`` times more on a 0.1 than on a 0 — see :func:`ess_temperature`.
     """
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
@@ -236,13 +319,17 @@ def dmpo_weights(
         else:
             b = torch.zeros_like(w)
         w_hat = (w - b).reshape(N).to(log_ratio.dtype if log_ratio.is_floating_point() else torch.float32)
-        e = ess(w)
+        sel = slice(None)
+        if metric_groups is not None and bool(metric_groups.any()):
+            sel = metric_groups.to(device=w.device, dtype=torch.bool)
+        ws, bs = w[sel], b[sel]
+        e = ess(ws)
         metrics: Metrics = {
-            "weights/ess_mean": e.mean().float(),
-            "weights/ess_min": e.min().float(),
-            "weights/max": w.max(-1).values.mean().float(),
-            "weights/entropy": (-(w * w.clamp_min(1e-300).log()).sum(-1)).mean().float(),
-            "weights/abs_centered_mean": (w - b).abs().mean().float(),
+            "ess_mean": e.mean().float(),
+            "ess_min": e.min().float(),
+            "weight_max_mean": ws.max(-1).values.mean().float(),
+            "weight_entropy_mean": (-(ws * ws.clamp_min(1e-300).log()).sum(-1)).mean().float(),
+            "weight_abs_centered_mean": (ws - bs).abs().mean().float(),
             "log_ratio/mean": ell.mean().float(),
             "log_ratio/std": ell.std(unbiased=False).float(),
             "log_ratio/abs_max": ell.abs().max().float(),
@@ -266,12 +353,14 @@ def wdce_loss(
     weights: torch.Tensor,  # [B] ŵ, detached
     *,
     group_size: int,
+    keep: torch.Tensor | None = None,  # [B]
 ) -> tuple[torch.Tensor, Metrics]:
     """Weighted denoising cross-entropy ``Σ_b ŵ_b · CE_b``, scaled by ``G / B`` so that a
-    (micro-)batch of ``B`` rows gives the per-group mean in expectation."""
-    B = ce.shape[0]
-    w = weights.detach().to(ce.dtype)
-    loss = (w * ce).sum() * (group_size / max(B, 1))
+    (micro-)batch of ``B`` rows gives the per-group mean in expectation (``B`` counts only the
+    kept rows when ``keep`` is given; the others get weight 0)."""
+    kept = _keep_rows(keep, ce.shape[0], ce)
+    w = weights.detach().to(ce.dtype) * kept
+    loss = (w * ce).sum() * (group_size / kept.sum().clamp(min=1.0))
     with torch.no_grad():
         metrics: Metrics = {"wdce/ce_mean": ce.mean(), "wdce/weighted_ce": (w * ce).sum()}
     return loss, metrics
@@ -279,6 +368,7 @@ def wdce_loss(
 
 __all__ = [
     "BASELINES",
+    "KL_ESTIMATORS",
     "LENGTH_MODES",
     "NORMALIZATIONS",
     "clipped_token_loss",

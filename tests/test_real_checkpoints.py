@@ -142,6 +142,15 @@ def test_eval_cli_user_errors_are_one_line(hub, tmp_path, capsys):
     assert "did you mean 'low_confidence'" in capsys.readouterr().err.lower()
 
 
+def test_trainers_on_transformers_4_say_what_to_install():
+    if needs_transformers5_patch():
+        pytest.skip("transformers >= 5 is installed")
+    from dlm_trl.trainers import GDPOConfig
+
+    with pytest.raises(ImportError, match="transformers >= 5"):
+        GDPOConfig(output_dir="unused", gen_length=8, block_length=8)
+
+
 def test_lora_presets_cover_every_projection(hub):
     llada = load_model(str(hub["llada"]))
     pattern = resolve_lora_targets(llada, ["llada"])
@@ -179,6 +188,7 @@ def test_dlm_wrap_detects_family_from_native_config(hub):
     assert spec.family == "llada" and spec.mask_token_id == llada.config.mask_token_id
 
 
+@pytest.mark.skipif(not needs_transformers5_patch(), reason="the trainers need transformers >= 5")
 @pytest.mark.parametrize("family", ["llada", "dream"])
 def test_gdpo_recipe_one_step_natively(hub, family, tmp_path):
     import sys
@@ -192,6 +202,7 @@ def test_gdpo_recipe_one_step_natively(hub, family, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not needs_transformers5_patch(), reason="the trainers need transformers >= 5")
 def test_real_arch_smoke_full_matrix(tmp_path):
     import sys
     from pathlib import Path

@@ -6,9 +6,14 @@
   fresh masks differ across inner iterations (fixed ones do not);
 * GDPO's ratio is exactly 1 on the first inner step (and ≈ 1 when the old estimate is a
   separate forward on the same masks);
-* DMPO's baseline-subtracted weights sum to zero per group;
+* DMPO's baseline-subtracted weights sum to zero per group, tempered to the default ESS target;
+* ratio metrics (clip fractions, |log r|) are logged and GDPO's sequence clip binds at μ = 2;
+* drop_flat_groups: each micro-batch's loss is that of its kept rows alone;
+* the estimators see exactly the completion ids the sampler produced (after_eos 'eos' / 'keep');
+* transformers' learning-rate warm-up and decay drive the optimizer;
 * a user subclass overriding the loss and a user estimator plug in as documented;
-* configs reject invalid combinations with a message that says how to fix them;
+* configs reject invalid combinations, and TRL options the trainers do not honour, with a
+  message that names the option and its value and says how to fix it;
 * no telemetry is sent.
 """
 
@@ -116,7 +121,7 @@ def test_two_steps_change_every_parameter(kind, tokenizer, dataset, tmp_path):
     logs = {k for entry in trainer.state.log_history for k in entry}
     assert "reward" in logs and "nfe/total" in logs
     if kind == "dmpo":
-        assert {"dmpo/weights/ess_mean", "dmpo/weights/max", "wdce/ce_mean"} <= logs
+        assert {"dmpo/ess_mean", "dmpo/weight_max_mean", "dmpo/c_mean", "wdce/ce_mean"} <= logs
     else:
         assert "ratio/mean" in logs
     if kind == "diffu_grpo":
@@ -219,7 +224,10 @@ def record_masks(trainer):
 
 @pytest.mark.parametrize("kind", ["diffu_grpo", "gdpo"])
 def test_old_ref_current_share_masks_and_fresh_masks_change(kind, tokenizer, dataset, tmp_path):
-    trainer = make_trainer(kind, tokenizer, dataset, tmp_path, beta=0.04, max_steps=2)
+    """GDPO runs its per-token KL anchor (kl_estimator='token_k3'): reference and policy contributions
+    are compared token by token, so they must come from the same masks."""
+    extra = {"kl_estimator": "token_k3"} if kind == "gdpo" else {}
+    trainer = make_trainer(kind, tokenizer, dataset, tmp_path, beta=0.04, max_steps=2, **extra)
     trainer._iteration0_on_policy = False  # force a separate old forward for the first inner iteration too
     recorders, handles = record_masks(trainer)
     trainer.train()
@@ -285,7 +293,9 @@ def test_gdpo_ratio_exactly_one_on_first_inner_step(tokenizer, dataset, tmp_path
 
 
 def test_dmpo_weights_sum_to_zero_per_group(tokenizer, dataset, tmp_path):
-    trainer = make_trainer("dmpo", tokenizer, dataset, tmp_path, max_steps=1, target_ess=0.7)
+    """With DMPOConfig's defaults (target_ess 0.7) the logged ESS is the target, reached by tempering."""
+    trainer = make_trainer("dmpo", tokenizer, dataset, tmp_path, max_steps=1)
+    assert trainer.args.target_ess == 0.7
     weights = []
     original = trainer._score_rollout
 
@@ -299,7 +309,9 @@ def test_dmpo_weights_sum_to_zero_per_group(tokenizer, dataset, tmp_path):
     assert torch.allclose(w.sum(1), torch.zeros(w.shape[0]), atol=1e-6)
     assert w.abs().sum() > 0
     logged = {k: v for entry in trainer.state.log_history for k, v in entry.items()}
-    assert 0.25 <= logged["dmpo/weights/ess_mean"] <= 1.0
+    assert logged["dmpo/ess_mean"] >= 0.7 - 1e-6
+    assert logged["dmpo/ess_untempered_mean"] < logged["dmpo/ess_mean"]  # text_reward / α = up to 25 nats
+    assert 0.0 < logged["dmpo/c_mean"] < 1.0 and 0.25 <= logged["dmpo/weight_max_mean"] < 1.0
     assert logged["dmpo/log_ratio/abs_max"] == 0.0  # p_v = p_ref at the first rollout, on shared masks
 
 
@@ -415,7 +427,7 @@ def test_user_subclass_overriding_the_loss(tokenizer, dataset, tmp_path):
         (GDPOConfig, {"estimator": "sdmc_elb"}, "Did you mean 'sdmc_elbo'"),
         (GDPOConfig, {"estimator_kwargs": {"num_nodez": 3}}, "estimator_kwargs"),
         (GDPOConfig, {"beta": 0.1, "reference": "none"}, "reference='initial'"),
-        (GDPOConfig, {"use_vllm": True}, "leave it at False"),
+        (GDPOConfig, {"use_vllm": True}, "use_vllm=True is not supported.*Leave it at False"),
         (GDPOConfig, {"length_normalization": "mean"}, "padded"),
         (DMPOConfig, {"num_generations": 1}, "num_generations ≥ 2"),
         (DMPOConfig, {"beta": 0.04}, "set beta=0"),
@@ -424,6 +436,35 @@ def test_user_subclass_overriding_the_loss(tokenizer, dataset, tmp_path):
         (DiffuGRPOConfig, {"loss_type": "dapo"}, "bnpo"),
         (DiffuGRPOConfig, {"importance_sampling_level": "sequence"}, "GDPOTrainer"),
         (GDPOConfig, {"rollout_autocast_dtype": "bfloat61"}, "Did you mean 'bfloat16'"),
+        (GDPOConfig, {"kl_estimator": "k2"}, "token_k3"),
+        (GDPOConfig, {"after_eos": "pad"}, "after_eos must be one of"),
+        # TRL options the trainers do not honour: the error names the option, its value and what to do
+        (GDPOConfig, {"use_bias_correction_kl": True}, r"use_bias_correction_kl=True is not supported.*=False"),
+        (DMPOConfig, {"use_bias_correction_kl": True}, r"use_bias_correction_kl=True is not supported.*False"),
+        (DMPOConfig, {"delta": 4.0}, r"delta=4.0 is not supported.*no importance ratio"),
+        (GDPOConfig, {"delta": 1.002}, r"delta=1.002 is not supported.*1 \+ epsilon_high = 1.003"),
+        (DiffuGRPOConfig, {"delta": 1.2}, r"delta=1.2 is not supported.*= 1.5"),
+        (GDPOConfig, {"loss_type": "dapo"}, r"loss_type='dapo' is not supported.*loss_type='grpo'"),
+        (DMPOConfig, {"loss_type": "grpo"}, r"loss_type='grpo' is not supported.*loss_type='wdce'"),
+        (GDPOConfig, {"importance_sampling_level": "token"}, r"importance_sampling_level='token' is not supported"),
+        (DMPOConfig, {"importance_sampling_level": "sequence"}, r"importance_sampling_level='sequence' is not"),
+        (GDPOConfig, {"epsilon": 0.3}, r"epsilon=0.3 is not supported.*sequence_epsilon=None"),
+        (GDPOConfig, {"epsilon_high": 0.28}, r"epsilon_high=0.28 is not supported.*sequence_epsilon"),
+        (DMPOConfig, {"epsilon": 0.3}, r"epsilon=0.3 is not supported.*no importance ratio"),
+        (DMPOConfig, {"epsilon_high": 0.3}, r"epsilon_high=0.3 is not supported"),
+        (DiffuGRPOConfig, {"top_p": 0.9}, r"top_p=0.9 is not supported: the diffusion sampler has no such option"),
+        (DiffuGRPOConfig, {"top_k": 50}, r"top_k=50 is not supported.*Leave it at 0"),
+        (GDPOConfig, {"min_p": 0.1}, r"min_p=0.1 is not supported.*Leave it at None"),
+        (DMPOConfig, {"repetition_penalty": 1.1}, r"repetition_penalty=1.1 is not supported"),
+        (GDPOConfig, {"generation_kwargs": {"num_beams": 2}}, r"generation_kwargs=\{'num_beams': 2\} is not supported"),
+        (GDPOConfig, {"cache_implementation": "static"}, r"cache_implementation='static' is not supported"),
+        (GDPOConfig, {"max_tool_calling_iterations": 3}, r"max_tool_calling_iterations=3 is not supported.*no tools"),
+        (GDPOConfig, {"use_transformers_continuous_batching": True}, r"use_transformers_continuous_batching=True"),
+        (DiffuGRPOConfig, {"entropy_coef": 0.01}, r"entropy_coef=0.01 is not supported.*entropies"),
+        (DiffuGRPOConfig, {"router_aux_loss_coef": 0.01}, r"router_aux_loss_coef=0.01 is not supported"),
+        (DiffuGRPOConfig, {"cfg_scale": 1.0}, r"cfg_scale=1.0 is not supported.*unguided.*Set cfg_scale=0"),
+        (GDPOConfig, {"cfg_scale": 0.5}, r"cfg_scale=0.5 is not supported"),
+        (DMPOConfig, {"cfg_scale": 2.0}, r"cfg_scale=2.0 is not supported"),
     ],
 )
 def test_config_rejects_invalid_combinations(config_cls, kwargs, match, tmp_path):
@@ -491,3 +532,153 @@ def test_model_given_by_path_loads_model_and_tokenizer(tokenizer, dataset, tmp_p
     assert trainer.processing_class.padding_side == "left"
     assert trainer.mask_token_id == tokenizer.mask_token_id and trainer.model_family == "llada"
     trainer.train()
+
+
+def test_honoured_trl_options_are_accepted(tmp_path):
+    base = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none")
+    assert DiffuGRPOConfig(**base).use_bias_correction_kl is False  # TRL's default is True; d1 has no such factor
+    cfg = DiffuGRPOConfig(**base, use_bias_correction_kl=True, delta=2.0, epsilon_high=0.7)
+    assert cfg.use_bias_correction_kl and cfg.delta == 2.0
+    cfg = GDPOConfig(**base)
+    assert cfg.sequence_clip_range() == (3e-3, None) and cfg.kl_estimator == "token_k3"
+    assert (cfg.loss_type, cfg.importance_sampling_level) == ("grpo", "sequence")
+    cfg = GDPOConfig(**base, sequence_epsilon=None, epsilon=0.3, epsilon_high=0.4, delta=2.0)
+    assert cfg.sequence_clip_range() == (0.3, 0.4)
+    cfg = GDPOConfig(**base, sequence_epsilon=3e-4, sequence_epsilon_high=4e-4)  # GSPO's pair
+    assert cfg.sequence_clip_range() == (3e-4, 4e-4)
+    assert GDPOConfig(**base, after_eos="keep").sampler_config().after_eos == "keep"
+    assert GDPOConfig(**base).sampler_config().after_eos == "eos"  # None: the family's default
+
+
+@pytest.mark.parametrize("arg", ["tools", "rollout_func", "environment_factory"])
+def test_trainer_refuses_tools_environments_and_rollout_functions(arg):
+    with pytest.raises(ValueError, match=f"{arg}=.* is not supported: the diffusion sampler generates one turn"):
+        GDPOTrainer(model=None, **{arg: [print] if arg == "tools" else print})
+
+
+@pytest.mark.parametrize("kind", ["diffu_grpo", "gdpo"])
+def test_ratio_metrics_are_logged_and_the_sequence_clip_binds(kind, tokenizer, dataset, tmp_path):
+    """μ = 2: the second inner iteration is off-policy, so |log r| > 0 and (GDPO, ε = 3e-3 at lr 1e-2)
+    some sequence ratios leave the clip range."""
+    trainer = make_trainer(kind, tokenizer, dataset, tmp_path, max_steps=2, beta=0.04)
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    names = ["clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "log_ratio/abs_mean",
+             "log_ratio/abs_max", "kl"]
+    assert all(n in e for e in logs for n in names), logs
+    assert max(e["log_ratio/abs_max"] for e in logs) > 0
+    if kind == "gdpo":
+        assert max(e["clip_ratio/region_mean"] for e in logs) > 0, logs
+
+
+@pytest.mark.parametrize("kind", ["diffu_grpo", "gdpo", "dmpo"])
+def test_drop_flat_groups_leaves_them_out_of_the_loss(kind, tokenizer, dataset, tmp_path):
+    """drop_flat_groups: the rows of the flat group get keep_rows = 0, and every micro-batch's loss is
+    the loss of its kept rows alone (same masks) — the normaliser counts only the kept groups."""
+
+    def flat_then_varied(prompts, completions, **kwargs):
+        return [0.1 if i < 4 else float(i % 2) for i in range(len(completions))]  # group 0 flat, group 1 not
+
+    trainer_cls = {"diffu_grpo": DiffuGRPOTrainer, "gdpo": GDPOTrainer, "dmpo": DMPOTrainer}[kind]
+    checked = []
+
+    class Checking(trainer_cls):
+        def compute_policy_loss(self, model, inputs):
+            loss, metrics = super().compute_policy_loss(model, inputs)
+            keep = inputs["keep_rows"].bool()
+            if keep.any():
+                rows = keep.shape[0]
+                sub = {k: v[keep] if torch.is_tensor(v) and v.dim() and v.shape[0] == rows else v
+                       for k, v in inputs.items() if k != "keep_rows"}
+                with torch.no_grad():
+                    alone, _ = super().compute_policy_loss(model, sub)
+                checked.append((float(loss.detach()), float(alone)))
+            return loss, metrics
+
+    config_cls = {"diffu_grpo": DiffuGRPOConfig, "gdpo": GDPOConfig, "dmpo": DMPOConfig}[kind]
+    args = config_cls(output_dir=str(tmp_path / kind), **{**COMMON, "max_steps": 1, "drop_flat_groups": True})
+    trainer = Checking(model=make_model(tokenizer), reward_funcs=[flat_then_varied], args=args,
+                       train_dataset=dataset, processing_class=tokenizer)
+    seen = []
+    original = trainer._score_rollout
+
+    def recording(out):
+        seen.append(out["keep_rows"].clone())
+        original(out)
+
+    trainer._score_rollout = recording
+    trainer.train()
+    assert torch.equal(seen[0], torch.tensor([0.0] * 4 + [1.0] * 4))
+    assert checked and all(a == pytest.approx(b, rel=1e-5, abs=1e-6) for a, b in checked), checked
+    logged = {k: v for e in trainer.state.log_history for k, v in e.items()}
+    assert logged["frac_flat_groups"] == 0.5
+
+
+@pytest.mark.parametrize("after_eos", ["eos", "keep"])
+def test_estimators_see_the_completion_ids_the_sampler_produced(after_eos, tokenizer, dataset, tmp_path,
+                                                                monkeypatch):
+    """Every estimator call (old, reference, current) gets exactly the sampler's completion rows: with
+    after_eos='keep' tokens after the first EOS as drawn, with 'eos' rewritten to EOS."""
+    import dlm_trl.trainers._base as base
+
+    sampled = []
+    real_generate = base.generate
+
+    def recording_generate(*args, **kwargs):
+        out = real_generate(*args, **kwargs)
+        sampled.append(out.completion_ids.clone())
+        return out
+
+    monkeypatch.setattr(base, "generate", recording_generate)
+    model = make_model(tokenizer)
+    eos = tokenizer.eos_token_id
+    bias = torch.zeros(len(tokenizer))
+    bias[eos] = 5.0  # EOS at ~30 % of positions: most rows have tokens after their first EOS
+
+    def more_eos(module, args, kwargs, output):
+        output.logits = output.logits + bias
+        return output
+
+    model.register_forward_hook(more_eos, with_kwargs=True)
+
+    class Recording:
+        def __init__(self, inner):
+            self.inner, self.seen = inner, []
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __call__(self, model, prompt_ids, completion_ids, completion_mask, **kwargs):
+            self.seen.append(completion_ids.clone())
+            return self.inner(model, prompt_ids, completion_ids, completion_mask, **kwargs)
+
+    trainer = make_trainer("gdpo", tokenizer, dataset, tmp_path, model=model, max_steps=1, beta=0.04,
+                           after_eos=after_eos)
+    trainer._iteration0_on_policy = False  # an old estimate too
+    trainer.estimator = recorder = Recording(trainer.estimator)
+    trainer.train()
+    assert trainer.sampler_config.after_eos == after_eos
+    rows = sorted(tuple(r) for r in torch.cat(sampled).tolist())
+    assert len(rows) == 8 and len(recorder.seen) >= 4  # old, reference and two current micro-batches
+    for call in recorder.seen:
+        got = sorted(tuple(r) for r in call.tolist())
+        assert set(got) <= set(rows), "an estimator saw a completion the sampler did not produce"
+    first = sorted(tuple(r) for c in recorder.seen[:2] for r in c.tolist())  # the first old estimate, 2 chunks
+    assert first == rows  # the whole rollout batch, each row once
+    after_first_eos = [r[r.index(eos) + 1:] for r in rows if eos in r]
+    not_eos = sum(any(t != eos for t in tail) for tail in after_first_eos)
+    if after_eos == "keep":
+        assert not_eos > 0, rows  # the test would not tell the settings apart otherwise
+    else:
+        assert after_first_eos and not_eos == 0, rows
+
+
+def test_lr_warmup_and_decay_follow_the_schedule(tokenizer, dataset, tmp_path):
+    """transformers' lr_scheduler_type / warmup_steps drive the DLM trainers' optimizer unchanged."""
+    trainer = make_trainer("gdpo", tokenizer, dataset, tmp_path, max_steps=4, gradient_accumulation_steps=1,
+                           num_iterations=1, learning_rate=1e-3, lr_scheduler_type="linear", warmup_steps=2)
+    trainer.train()
+    lrs = [e["learning_rate"] for e in trainer.state.log_history if "learning_rate" in e]
+    # the rate each step used: warm-up 0 → 1e-3 over 2 steps, then linear decay to 0 at step 4
+    assert lrs == pytest.approx([0.0, 5e-4, 1e-3, 5e-4])
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0)

@@ -3,7 +3,10 @@
 ``dlm_trl/trainers/_base.py`` overrides five ``GRPOTrainer`` methods and relies on how TRL
 calls them. A TRL upgrade that changes any recorded signature (parameter names, kinds and
 defaults — annotations are ignored) or the call sites below must be reviewed by hand: update
-the override, then the record here.
+the override, then the record here. Also guarded: every TRL / transformers method the trainers
+override is recorded somewhere (here, ``test_resume.py`` or ``test_failures.py``), the
+``GRPOTrainer.__init__`` arguments they refuse still exist, and every ``GRPOConfig`` option is
+classified as honoured, refused or inert — a new TRL option fails until someone decides which.
 """
 
 from __future__ import annotations
@@ -45,6 +48,44 @@ RELIED_ON = {
     "compute_loss": [("self", E), ("model", E), ("inputs", E), ("return_outputs", False), ("num_items_in_batch", None)],
     "_generate": [("self", E), ("prompts", E)],
     "training_step": [("self", E), ("model", E), ("inputs", E), ("num_items_in_batch", E)],
+}
+
+# Trainer methods the base overrides for checkpoints and failures (signatures recorded in other tests).
+GUARDED_ELSEWHERE = {
+    "_calculate_rewards": "tests/test_failures.py",
+    "_save_checkpoint": "tests/test_resume.py",
+    "_get_output_dir": "tests/test_resume.py",
+    "_load_optimizer_and_scheduler": "tests/test_resume.py",
+}
+# transformers.Trainer.create_optimizer: wrapped to skip a non-finite step (test_failures.py tests the behaviour).
+CREATE_OPTIMIZER = [("self", E), ("model", None)]
+
+# GRPOTrainer.__init__ parameters the DLM trainers refuse with a clear error (no tools, environments or rollout_func).
+REFUSED_INIT_PARAMS = ["tools", "rollout_func", "environment_factory"]
+
+# Every GRPOConfig option beyond TrainingArguments, by what the DLM trainers do with it.
+HONOURED = {  # used as in TRL, or by the DLM trainers' own code (per-trainer checks in the configs)
+    "model_init_kwargs", "trust_remote_code", "disable_dropout", "cast_lm_head_to_fp32", "num_generations",
+    "num_generations_eval", "max_completion_length", "ds3_gather_for_generation", "shuffle_dataset",
+    "pad_to_multiple_of", "generation_batch_size", "steps_per_generation", "temperature", "chat_template_kwargs",
+    "beta", "num_iterations", "epsilon", "delta", "epsilon_high", "importance_sampling_level", "reward_weights",
+    "multi_objective_aggregation", "scale_rewards", "loss_type", "mask_truncated_completions", "sync_ref_model",
+    "ref_model_mixup_alpha", "ref_model_sync_steps", "use_bias_correction_kl", "log_completions", "log_multimodal",
+    "num_completions_to_print", "log_unique_prompts", "log_completions_hub_repo",
+}
+REFUSED = {  # DLMConfig._UNSUPPORTED: a non-neutral value raises, naming the option
+    "top_p", "top_k", "min_p", "generation_kwargs", "repetition_penalty", "cache_implementation", "use_vllm",
+    "use_transformers_continuous_batching", "use_transformers_paged", "top_entropy_quantile", "entropy_coef",
+    "use_adaptive_entropy", "off_policy_mask_threshold", "max_tool_calling_iterations", "router_aux_loss_coef",
+}
+INERT = {  # read by TRL only when a refused option (vLLM, continuous batching, adaptive entropy) or loss type is on
+    "vllm_mode", "vllm_model_impl", "vllm_enable_sleep_mode", "vllm_structured_outputs_regex", "vllm_server_base_url",
+    "vllm_server_host", "vllm_server_port", "vllm_server_timeout", "vllm_group_port", "vllm_gpu_memory_utilization",
+    "vllm_max_model_length", "vllm_tensor_parallel_size", "vllm_importance_sampling_correction",
+    "vllm_importance_sampling_mode", "vllm_importance_sampling_clip_max", "vllm_importance_sampling_clip_min",
+    "vllm_importance_sampling_cap", "transformers_continuous_batching_config", "entropy_coef_min",
+    "entropy_coef_max", "entropy_coef_delta", "entropy_target", "sapo_temperature_neg", "sapo_temperature_pos",
+    "vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg",
 }
 
 # GRPOTrainer.__init__ parameters the base passes through (by keyword).
@@ -136,3 +177,43 @@ def test_batch_first_values_survive_shuffle_and_split():
         assert torch.equal(chunk["mask_seeds"] // 10, rows[:, None].expand(-1, mu))
         assert torch.equal(chunk["old_per_token_logps"][:, 0, 0].long(), rows)
         assert chunk["num_items_in_batch"].item() == 17
+
+
+def test_every_overridden_trl_method_is_guarded():
+    """A method of GRPOTrainer (or transformers.Trainer) that a DLM trainer overrides must have its
+    signature recorded: add a new override to OVERRIDDEN (or to another test and GUARDED_ELSEWHERE)."""
+    from dlm_trl.trainers import TRAINERS
+
+    guarded = set(OVERRIDDEN) | set(GUARDED_ELSEWHERE) | {"create_optimizer", "__init__"}
+    for cls in (_DLMTrainerBase, *(trainer for trainer, _ in TRAINERS.values())):
+        ours = {name for name, value in vars(cls).items() if callable(value) and hasattr(GRPOTrainer, name)}
+        assert ours <= guarded, f"{cls.__name__} overrides TRL methods with no recorded signature: {ours - guarded}"
+    assert _params(GRPOTrainer.create_optimizer) == CREATE_OPTIMIZER  # ours forwards *args, **kwargs
+
+
+def test_refused_init_parameters_still_exist_in_trl():
+    trl_names = list(inspect.signature(GRPOTrainer.__init__).parameters)
+    ours = list(inspect.signature(_DLMTrainerBase.__init__).parameters)
+    for name in REFUSED_INIT_PARAMS:
+        assert name in trl_names, f"GRPOTrainer.__init__ no longer takes {name!r}; drop its refusal in _DLMTrainerBase"
+        assert name in ours, f"_DLMTrainerBase.__init__ must take (and refuse) {name!r}"
+
+
+def test_every_grpo_config_option_is_classified():
+    import dataclasses
+
+    from transformers import TrainingArguments
+    from trl import GRPOConfig
+
+    from dlm_trl.trainers import DLMConfig
+
+    base = {f.name for f in dataclasses.fields(TrainingArguments)}
+    options = {f.name for f in dataclasses.fields(GRPOConfig)} - base
+    classified = HONOURED | REFUSED | INERT
+    assert not (HONOURED & REFUSED or HONOURED & INERT or REFUSED & INERT)
+    assert options - classified == set(), (
+        f"new GRPOConfig options {sorted(options - classified)}: decide whether the DLM trainers honour them, "
+        "refuse them (DLMConfig._UNSUPPORTED) or can ignore them, and record that here"
+    )
+    assert classified - options == set(), f"GRPOConfig no longer has {sorted(classified - options)}"
+    assert set(DLMConfig._UNSUPPORTED) == REFUSED

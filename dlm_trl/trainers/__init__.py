@@ -14,6 +14,18 @@ masks. Usage::
                           train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
 
+**Options beyond the papers** (each in the config with the paper's value in its help):
+GDPO's ``sequence_epsilon`` (3e-3: a clip range that binds on the length-normalised log-ratio;
+``None`` = TRL's ε) and ``kl_estimator`` (``"token_k3"``); DMPO's ``target_ess`` (0.7: ESS
+tempering of the weights; ``None`` = the paper's c = 1); every trainer's ``drop_flat_groups``
+(DAPO's dynamic sampling without resampling) and ``after_eos`` (what follows the first EOS).
+TRL options a trainer does not honour (``use_vllm``, ``top_p`` / ``top_k`` / ``min_p`` /
+``repetition_penalty`` / ``generation_kwargs``, ``cfg_scale > 0``, ``use_bias_correction_kl``
+outside diffu-GRPO, ``loss_type`` / ``importance_sampling_level`` / ``epsilon`` / ``delta`` where
+they have no meaning, tools, environments, ``rollout_func`` …) raise an error naming the option,
+its value and what to do. Likelihoods are always at temperature 1 (``temperature`` is the
+sampler's).
+
 **Your own loss**: subclass a trainer and override ``compute_policy_loss(model, inputs) ->
 (loss, metrics)``; ``self.estimate_logps(model, inputs)`` gives the current policy's per-token
 estimates ``[B, L]`` on this inner iteration's masks and ``self.old_logps(inputs, logps)`` the

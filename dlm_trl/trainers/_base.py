@@ -9,14 +9,17 @@ these signatures changes):
     ``unwrap_model_for_generation`` (so DeepSpeed ZeRO-3 gathers the weights once per
     rollout), with one ``torch.Generator`` per row seeded from (seed, rollout, row). It
     returns TRL's lists of completion ids (cut after the first EOS) and keeps the full
-    ``[B, L]`` EOS-padded sampler output for the likelihood estimates.
+    ``[B, L]`` sampler output (EOS-padded, or as sampled with ``after_eos="keep"``) for the
+    likelihood estimates.
 ``_generate_and_score_completions``
     Calls TRL's (prompts, rewards, advantages, logging) with TRL's own log-prob calls
     switched off, puts back the full-length completion and its mask, adds
     ``mask_seeds [B, μ]`` (one seed per row and inner iteration) and computes the old and
     reference estimates ``[B, μ, L]`` for the inner iterations that need them — every
     value is batch-first, so TRL's shuffle and split along dim 0 keep each row's seeds and
-    estimates together.
+    estimates together. Rows of flat groups (all rewards equal) get advantage exactly 0, and
+    with ``drop_flat_groups`` a ``keep_rows [B]`` flag that takes them out of the loss and its
+    normaliser; ``frac_flat_groups`` is logged.
 ``_get_per_token_logps_and_entropies``
     The single place where likelihoods are estimated: the configured estimator plugin
     with per-row generators built from the active mask seeds. Old, reference and current
@@ -64,7 +67,12 @@ from typing import Any
 import torch
 from accelerate.utils import is_peft_model
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+try:  # transformers >= 5; 4.x has it as Trainer._rotate_checkpoints
+    from transformers.trainer_utils import rotate_checkpoints
+except ImportError:  # pragma: no cover - exercised under transformers 4.x
+    rotate_checkpoints = None
 from transformers.utils import logging as hf_logging
 from trl import GRPOConfig, GRPOTrainer
 from trl.extras.profiling import profiling_context
@@ -76,7 +84,7 @@ from ..estimators import row_generators
 from ..models import DLM, FAMILIES
 from ..registry import ESTIMATORS, PluginNotFoundError, load_estimator
 from ..registry import load as load_plugin
-from ..sampling import REMASKING_STRATEGIES, SamplerConfig, generate
+from ..sampling import AFTER_EOS, REMASKING_STRATEGIES, SamplerConfig, generate
 
 MASK_SCHEDULES = ("fresh", "fixed")
 REFERENCES = ("initial", "none")
@@ -94,7 +102,7 @@ OOM_HINT = (
     "roughly in order of effect: a smaller generation batch (per_device_train_batch_size x "
     "steps_per_generation rows are sampled at once: lower per_device_train_batch_size, or lower "
     "steps_per_generation / gradient_accumulation_steps), a shorter gen_length (activations grow with "
-    "prompt + gen_length), cfg_scale=0 (guidance doubles the batch), LoRA (--use_peft) instead of full "
+    "prompt + gen_length), LoRA (--use_peft) instead of full "
     "fine-tuning, and DeepSpeed ZeRO-3 (recipes/accelerate/zero3.yaml; with ds3_gather_for_generation=False "
     "the full weights are never materialised at once, slower) or ZeRO-3 with CPU offload "
     "(recipes/accelerate/zero3_offload.yaml). See docs/scaleout.md."
@@ -124,6 +132,18 @@ def mix_seed(*parts: int) -> int:
 def derive_seeds(seeds: torch.Tensor, *tags: int) -> torch.Tensor:
     """Per-row seeds ``[B]`` for another use of randomness (a different stream) → ``[B]`` long."""
     return torch.tensor([mix_seed(int(s), *tags) for s in seeds.tolist()], dtype=torch.long, device=seeds.device)
+
+
+def _require_transformers_5() -> None:
+    """The trainers use transformers 5's Trainer (``activation_checkpointing``, ``rotate_checkpoints``, ...)."""
+    import transformers
+    from packaging.version import Version
+
+    if Version(transformers.__version__).major < 5:
+        raise ImportError(
+            f"dlm-trl's trainers need transformers >= 5 (installed: {transformers.__version__}); "
+            "`pip install -U 'transformers>=5'`. The models, the sampler and `dlm-trl eval` also run on 4.56+."
+        )
 
 
 def _parse_dict(value: Any, name: str) -> dict:
@@ -195,10 +215,42 @@ class DLMConfig(GRPOConfig):
         },
     )
     cfg_scale: float = field(
-        default=0.0, metadata={"help": "Classifier-free guidance scale of the sampler (0 disables guidance)."}
+        default=0.0,
+        metadata={
+            "help": "Classifier-free guidance scale of the rollout sampler. Must stay 0 in training: the likelihood "
+            "estimators score the unguided model, so with guidance every ratio (and DMPO's log-ratio) would compare "
+            "a policy that did not sample the rollouts. Guidance at evaluation is an option of dlm_trl.evaluation / "
+            "dlm-trl eval."
+        },
     )
     temperature: float = field(
-        default=0.9, metadata={"help": "Sampler temperature for rollouts (d1: 0.9); 0 is greedy."}
+        default=0.9,
+        metadata={
+            "help": "Sampler temperature for rollouts (d1: 0.9); 0 is greedy. Only the sampler uses it: the "
+            "likelihood estimators (old, reference and current policy) score the model at temperature 1, as d1's "
+            "and GDPO's code do, so at T != 1 the rollouts come from a tempered version of the policy whose ratios "
+            "are computed."
+        },
+    )
+    after_eos: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Completion tokens after a row's first EOS, one of {AFTER_EOS}: 'eos' rewrites them to EOS (the "
+            "EOS-padded completion TRL's code expects), 'keep' keeps what the sampler drew. The likelihood "
+            "estimators and DMPO's loss see exactly these ids (padded ELBOs and WDCE condition on, or predict, "
+            "the positions after the EOS), and completion_mask ends at the first EOS either way. None: the "
+            "sampler's default for the model family (today 'eos' for every family)."
+        },
+    )
+    drop_flat_groups: bool = field(
+        default=False,
+        metadata={
+            "help": "Dynamic sampling (DAPO, arXiv 2503.14476) without the resampling: leave the groups whose "
+            "rewards are all equal (no learning signal) out of the loss and out of its normaliser, so a batch "
+            "with many flat groups does not shrink the step of the others. False (default, and the papers' "
+            "d1 / GDPO / DMPO setting): such rows keep advantage 0 (DMPO: weight 0 with the negative-tilt "
+            "baseline) but still count in the normaliser. The fraction is logged as frac_flat_groups either way."
+        },
     )
     rollout_autocast_dtype: str | None = field(
         default=None,
@@ -243,6 +295,15 @@ class DLMConfig(GRPOConfig):
         default="none",
         metadata={"help": "Advantage scaling: 'none' (A = R - mean of the group, as d1 and GDPO), 'group' or 'batch'."},
     )
+    use_bias_correction_kl: bool = field(
+        default=False,
+        metadata={
+            "help": "Multiply the per-token KL term by the importance ratio to the rollout policy (TRL's option, "
+            "DeepSeek-V3.2; TRL's default is True). Only DiffuGRPOTrainer implements it (its token ratio); GDPO "
+            "and DMPO refuse True. Default False: d1's loss has no such factor, and with the biased one-step "
+            "estimator the 'unbiased reverse-KL gradient' it is meant to give does not hold anyway."
+        },
+    )
     nonfinite: str = field(
         default="error",
         metadata={
@@ -254,33 +315,51 @@ class DLMConfig(GRPOConfig):
         },
     )
 
-    # Options of GRPOConfig that the DLM trainers do not implement, with their neutral values.
+    # Options of GRPOConfig that the DLM trainers do not implement: their neutral values and what to do instead.
+    _SAMPLER = "the diffusion sampler has no such option (its knobs: temperature, remasking, schedule, block_length, diffusion_steps)"
     _UNSUPPORTED = {
-        "use_vllm": False,
-        "use_transformers_continuous_batching": False,
-        "use_transformers_paged": False,
-        "top_p": 1.0,
-        "top_k": 0,
-        "min_p": None,
-        "repetition_penalty": 1.0,
-        "top_entropy_quantile": 1.0,
-        "entropy_coef": 0.0,
-        "use_adaptive_entropy": False,
-        "off_policy_mask_threshold": None,
+        "use_vllm": (False, "rollouts come from the diffusion sampler (dlm_trl.sampling); vLLM cannot sample a masked diffusion LM"),
+        "use_transformers_continuous_batching": (False, "rollouts come from the diffusion sampler, not transformers' generate"),
+        "use_transformers_paged": (False, "rollouts come from the diffusion sampler, not transformers' generate"),
+        "top_p": (1.0, _SAMPLER),
+        "top_k": (0, _SAMPLER),
+        "min_p": (None, _SAMPLER),
+        "repetition_penalty": (1.0, _SAMPLER),
+        "generation_kwargs": (None, _SAMPLER),
+        "cache_implementation": (None, _SAMPLER + "; its KV cache is internal"),
+        "max_tool_calling_iterations": (None, "the diffusion sampler generates one turn: no tools or environments"),
+        "top_entropy_quantile": (1.0, "the likelihood estimators return no per-token entropies"),
+        "entropy_coef": (0.0, "the likelihood estimators return no per-token entropies"),
+        "use_adaptive_entropy": (False, "the likelihood estimators return no per-token entropies"),
+        "off_policy_mask_threshold": (None, "off-policy sequence masking is not implemented for diffusion likelihoods"),
+        "router_aux_loss_coef": (None, "the likelihood estimators do not return router logits (no MoE auxiliary loss)"),
     }
 
     def __post_init__(self):
+        _require_transformers_5()
         self._check_dlm_fields()
         super().__post_init__()
 
+    def _unsupported(self, name: str, value: Any, fix: str) -> ValueError:
+        """The error for an option this trainer does not honour: its name, its value and what to do."""
+        return ValueError(f"{type(self).__name__}: {name}={value!r} is not supported: {fix}")
+
     def _check_dlm_fields(self) -> None:
-        for name, neutral in self._UNSUPPORTED.items():
+        for name, (neutral, why) in self._UNSUPPORTED.items():
             value = getattr(self, name, neutral)
-            if value != neutral and not (neutral is None and value is None):
-                raise ValueError(
-                    f"{type(self).__name__}: {name}={value!r} is not supported by the diffusion sampler / likelihood "
-                    f"estimators of dlm-trl; leave it at {neutral!r}."
-                )
+            if value in ({}, "") and neutral is None:
+                continue  # an empty generation_kwargs / cache name is the neutral value
+            if value != neutral:
+                raise self._unsupported(name, value, f"{why}. Leave it at {neutral!r}.")
+        if self.cfg_scale != 0:
+            raise self._unsupported(
+                "cfg_scale", self.cfg_scale,
+                "the likelihood estimators score the unguided model, so with guided rollouts every ratio (and "
+                "DMPO's log-ratio) would be computed for a policy that did not sample them. Set cfg_scale=0 for "
+                "training (guidance at evaluation: dlm_trl.evaluation / dlm-trl eval --cfg_scale).",
+            )
+        if self.after_eos is not None and self.after_eos not in AFTER_EOS:
+            raise ValueError(f"after_eos must be one of {AFTER_EOS} (or None: the family's default), got {self.after_eos!r}")
         if self.model_family is not None and self.model_family not in FAMILIES:
             raise ValueError(f"model_family={self.model_family!r} is unknown; use one of {FAMILIES} or leave it unset")
         if self.mask_schedule not in MASK_SCHEDULES:
@@ -335,7 +414,11 @@ class DLMConfig(GRPOConfig):
     def sampler_config(self, family: str | None = None) -> SamplerConfig:
         """The rollout sampler's settings: the family's defaults (:meth:`SamplerConfig.for_family`;
         ``model_family`` or LLaDA's when unknown) updated by ``remasking`` / ``schedule`` when set."""
-        overrides = {k: v for k, v in (("remasking", self.remasking), ("schedule", self.schedule)) if v is not None}
+        overrides = {
+            k: v
+            for k, v in (("remasking", self.remasking), ("schedule", self.schedule), ("after_eos", self.after_eos))
+            if v is not None
+        }
         return SamplerConfig.for_family(
             family or self.model_family or "llada",
             gen_length=int(self.gen_length),
@@ -344,6 +427,17 @@ class DLMConfig(GRPOConfig):
             temperature=float(self.temperature),
             cfg_scale=float(self.cfg_scale),
             **overrides,
+        )
+
+
+def _check_delta(config: DLMConfig, epsilon: float, epsilon_high: float | None) -> None:
+    """``delta`` (two-sided clipping) must lie above the clip range's upper bound ``1 + ε_high``."""
+    hi = 1.0 + (epsilon if epsilon_high is None else epsilon_high)
+    if config.delta is not None and not config.delta > hi:
+        raise config._unsupported(
+            "delta", config.delta,
+            f"two-sided clipping caps the unclipped ratio at delta, which must exceed the clip range's upper bound "
+            f"1 + epsilon_high = {hi:g}. Raise it, or leave delta=None.",
         )
 
 
@@ -377,7 +471,16 @@ class _DLMTrainerBase(GRPOTrainer):
         *,
         ref_model=None,
         estimator=None,
+        tools=None,
+        rollout_func=None,
+        environment_factory=None,
     ):
+        for name, value in (("tools", tools), ("rollout_func", rollout_func), ("environment_factory", environment_factory)):
+            if value is not None:
+                raise ValueError(
+                    f"{type(self).__name__}: {name}={value!r} is not supported: the diffusion sampler generates one "
+                    "turn per prompt (no tool calls, environments or custom rollout functions). Leave it unset."
+                )
         if args is None:
             args = self.config_class(output_dir=f"{self._name}-trainer")
         if not isinstance(args, DLMConfig):
@@ -462,6 +565,7 @@ class _DLMTrainerBase(GRPOTrainer):
         self._iteration0_on_policy = (ga % every == 0) or (every % ga == 0 and spg <= ga)
         self._rollout_index = 0
         self._last_rewards: torch.Tensor | None = None  # [N, F] rewards of the last rollout, all processes
+        self._flat_rows: torch.Tensor | None = None  # [N] bool: row of a flat group (last rollout, all processes)
         self._rollout = None
         self._active_mask_seeds: torch.Tensor | None = None
         self._estimating_seeds: torch.Tensor | None = None
@@ -820,7 +924,9 @@ class _DLMTrainerBase(GRPOTrainer):
         return rewards
 
     def _zero_flat_group_advantages(self, out: dict) -> None:
-        """Advantage exactly 0 for every row of a group whose rewards are all equal.
+        """Advantage exactly 0 for every row of a group whose rewards are all equal (a *flat* group);
+        with ``drop_flat_groups`` also ``out["keep_rows"]`` ``[B]`` (0 for those rows), which leaves
+        them out of the loss and its normaliser. Logs ``frac_flat_groups`` (of all processes' groups).
 
         TRL computes ``R - mean(R)`` in float32, which leaves ±1e-9 residues in such groups, all of
         one sign; Adam normalises gradients by their running scale, so on the first steps (or when
@@ -829,6 +935,7 @@ class _DLMTrainerBase(GRPOTrainer):
         none. (On the tiny model's 40-step runs mixed batches dominate and the change was not
         measurable; it matters when whole batches are flat, e.g. early in training on a hard task.)
         """
+        self._flat_rows = None
         rewards = self._last_rewards
         if rewards is None or "advantages" not in out:
             return
@@ -841,12 +948,19 @@ class _DLMTrainerBase(GRPOTrainer):
         grouped = total.view(-1, G)
         hi = grouped.masked_fill(grouped.isnan(), float("-inf")).max(1).values
         lo = grouped.masked_fill(grouped.isnan(), float("inf")).min(1).values
-        flat = ((hi == lo) | (hi < lo)).repeat_interleave(G)  # all equal, or all unscorable
+        flat_groups = (hi == lo) | (hi < lo)  # [N/G] all equal, or all unscorable
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["frac_flat_groups"].append(flat_groups.float().mean().item())
+        flat = flat_groups.repeat_interleave(G)  # [N], every process's rows in TRL's global order
+        self._flat_rows = flat
         B = out["advantages"].shape[0]
         start = self.accelerator.process_index * B
         local = flat[start : start + B].to(out["advantages"].device)
-        if local.shape[0] == B:
-            out["advantages"] = out["advantages"].masked_fill(local, 0.0)
+        if local.shape[0] != B:
+            return
+        out["advantages"] = out["advantages"].masked_fill(local, 0.0)
+        if self.args.drop_flat_groups:
+            out["keep_rows"] = (~local).to(out["advantages"].dtype)  # [B] batch-first: shuffled with its rows
 
     def _check_finite_loss(self, loss: torch.Tensor, metrics: dict, inner_iteration: int) -> torch.Tensor:
         """The loss to back-propagate. If it is NaN/inf on any rank: raise on every rank before the
@@ -935,10 +1049,13 @@ class _DLMTrainerBase(GRPOTrainer):
                 shutil.rmtree(final)
             os.replace(written, final)
             shutil.rmtree(staging, ignore_errors=True)
-            rotate_checkpoints(
-                output_dir=run_dir, save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True,
-            )
+            if rotate_checkpoints is not None:
+                rotate_checkpoints(
+                    output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                    best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True,
+                )
+            else:
+                self._rotate_checkpoints(use_mtime=True, output_dir=run_dir)
         self.accelerator.wait_for_everyone()
 
     def _save_rollout_state(self, output_dir: str) -> None:
@@ -1007,7 +1124,8 @@ class _DLMTrainerBase(GRPOTrainer):
         ``completion_ids``, ``completion_mask`` ``[B, L]``, ``advantages`` ``[B]``,
         ``mask_seeds`` ``[B]``, ``old_per_token_logps`` ``[B, L]`` (``None`` when on-policy:
         use :meth:`old_logps`), ``ref_per_token_logps`` ``[B, L]`` (with β > 0),
-        ``inner_iteration``. Use :meth:`estimate_logps` for the current policy's estimate.
+        ``keep_rows`` ``[B]`` (with ``drop_flat_groups``: 0 for rows of flat groups, which the
+        loss and its normaliser must leave out), ``inner_iteration``. Use :meth:`estimate_logps` for the current policy's estimate.
         The returned loss is scaled for gradient accumulation by the caller.
         """
         raise NotImplementedError
@@ -1057,10 +1175,20 @@ class _DLMTrainerBase(GRPOTrainer):
         return logps
 
     def _log_metrics(self, mode: str, metrics: dict[str, torch.Tensor]) -> None:
+        """Append each metric of this micro-batch, reduced over processes: the largest value for a name
+        ending in ``max``, the smallest for ``min``, else the mean (TRL then averages the micro-batches
+        of a logging step)."""
         device = self.accelerator.device
         for name in sorted(metrics):
             value = metrics[name].detach().float().reshape(-1).mean().reshape(1).to(device)
-            self._metrics[mode][name].append(self.accelerator.gather(value).nanmean().item())
+            values = self.accelerator.gather(value)
+            if name.endswith("max"):
+                reduced = values.max()
+            elif name.endswith("min"):
+                reduced = values.min()
+            else:
+                reduced = values.nanmean()
+            self._metrics[mode][name].append(reduced.item())
 
 
 class _ResetSkipFlag(TrainerCallback):

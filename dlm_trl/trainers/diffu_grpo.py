@@ -9,6 +9,12 @@ reference and current policies), advantages ``A = R − mean_group(R)`` (no std 
 PEFT), ε = 0.5, μ = ``num_iterations``; the loss is normalised over the valid tokens (up to and
 including the first EOS) of the batch, as d1's code does (TRL's ``loss_type="bnpo"``).
 
+TRL options it honours besides: ``epsilon_high`` (asymmetric clip), ``delta`` (two-sided
+clipping: the unclipped ratio capped at δ), ``use_bias_correction_kl`` (k3 times the token ratio;
+off by default, as in d1), ``loss_type`` ``bnpo`` / ``grpo`` / ``dr_grpo``. Logged for every
+micro-batch: ``ratio/mean``, ``clip_ratio/{low,high,region}_mean``, ``log_ratio/abs_mean`` and
+``log_ratio/abs_max`` (per valid token; all trivial at μ = 1, where every ratio is 1), ``kl``.
+
 Hooks: everything in :class:`~dlm_trl.trainers._base._DLMTrainerBase` (``_generate_single_turn``,
 ``_generate_and_score_completions``, ``_get_per_token_logps_and_entropies``, ``_compute_loss``,
 ``_send_telemetry``); this class only implements :meth:`DiffuGRPOTrainer.compute_policy_loss`.
@@ -25,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..losses import clipped_token_loss
-from ._base import DLMConfig, _DLMTrainerBase
+from ._base import DLMConfig, _check_delta, _DLMTrainerBase
 
 LOSS_TYPES = {"bnpo": "token", "grpo": "sequence", "dr_grpo": "constant"}
 
@@ -66,10 +72,12 @@ class DiffuGRPOConfig(DLMConfig):
                 "('bnpo' is d1's token-mean)"
             )
         if self.importance_sampling_level != "token":
-            raise ValueError(
+            raise self._unsupported(
+                "importance_sampling_level", self.importance_sampling_level,
                 "diffu-GRPO is token-level: leave importance_sampling_level='token' (use GDPOTrainer for a "
-                "sequence-level ratio)"
+                "sequence-level ratio)",
             )
+        _check_delta(self, self.epsilon, self.epsilon_high)
         super()._check_dlm_fields()
 
 
@@ -99,6 +107,9 @@ class DiffuGRPOTrainer(_DLMTrainerBase):
             beta=self.beta,
             normalization=LOSS_TYPES[self.args.loss_type],
             max_length=self.max_completion_length,
+            delta=self.args.delta,
+            kl_ratio_correction=self.args.use_bias_correction_kl,
+            keep=inputs.get("keep_rows"),
         )
 
 

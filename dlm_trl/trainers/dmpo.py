@@ -14,8 +14,17 @@ cross-entropy (WDCE):
 * loss ``Σ_b ŵ_b (1/R) Σ_r (1/m_{b,r}) Σ_{i masked} CE_i`` with ``R`` replicates in antithetic
   pairs (replicate ``r + R/2`` masks the complement of replicate ``r``), mask rate
   ``λ = 0.1 + 0.9·U``, ``m`` the realised mask count (≥ 1); fresh masks every inner iteration;
-* ``c`` < 1 (``target_ess``): each refresh, per group, the largest ``c ≤ weight_temperature``
-  whose weights reach the target effective sample size ``1/(G Σ w²)`` (PDNS).
+* ``c`` < 1 (``target_ess``, on by default here, off in the paper): each refresh, per group, the
+  largest ``c ≤ weight_temperature`` whose weights reach the target effective sample size
+  ``1/(G Σ w²)`` (PDNS).
+
+**α and the reward scale** go together: the weights see ``r/α``. With rewards in {0, 0.1, 1}
+(Countdown's format / correct scores) and the paper's α = 0.04 the scores are {0, 2.5, 25}: a
+group with one correct rollout puts all but ~e⁻²² of its weight on it (ESS ≈ 1/G) and a 0.1 weighs
+e^2.5 ≈ 12 zeros. Tempering to ``target_ess = 0.7`` lowers ``c`` per group until the weights spread
+(the same as a larger α for that group only). Logged each rollout: ``dmpo/ess_mean`` (after
+tempering), ``dmpo/ess_untempered_mean`` (at ``c = weight_temperature``), ``dmpo/weight_max_mean``,
+``dmpo/c_mean`` — over the groups whose rewards differ (all groups if none does).
 
 Rewards enter through TRL's advantages with ``scale_rewards="none"`` (``R − mean_G R``): a
 per-group shift leaves both softmaxes unchanged.
@@ -37,6 +46,7 @@ from ..losses import (
     LENGTH_MODES,
     denoising_cross_entropy,
     dmpo_weights,
+    ess,
     ess_temperature,
     wdce_loss,
 )
@@ -55,15 +65,25 @@ class DMPOConfig(DLMConfig):
         default="sdmc_elbo",
         metadata={"help": "Estimator of the ELBOs in the log-ratio ℓ = log p_ref − log p_v (shared masks)."},
     )
-    alpha: float = field(default=0.04, metadata={"help": "Temperature α of the target p_ref · exp(r/α)."})
+    alpha: float = field(
+        default=0.04,
+        metadata={
+            "help": "Temperature α of the target p_ref · exp(r/α) (DMPO: 0.04). Set it with the reward scale: the "
+            "weights see r/α, so rewards in {0, 0.1, 1} give scores {0, 2.5, 25} and, untempered, one or two "
+            "rollouts hold a group's weight (see target_ess)."
+        },
+    )
     weight_temperature: float = field(
         default=1.0, metadata={"help": "c in softmax_G(c·(ℓ + r/α)); with target_ess it is the largest c allowed."}
     )
     target_ess: float | None = field(
-        default=None,
+        default=0.7,
         metadata={
-            "help": "PDNS tempering: choose c per group at each refresh so that the normalised effective sample "
-            "size 1/(G Σ w²) reaches this target (e.g. 0.7); unset = fixed c."
+            "help": "PDNS tempering (arXiv 2510.03824): at each refresh, per group, the largest c <= "
+            "weight_temperature whose weights have normalised effective sample size 1/(G Σ w²) >= this target. "
+            "Default 0.7 (the target in ALGORITHMS.md §2): with α = 0.04 and rewards in {0, 0.1, 1} the untempered "
+            "weights of a group with one correct rollout have ESS ≈ 1/G (all weight on one sample), so each group's "
+            "update is essentially that of a single rollout. None: fixed c = weight_temperature (the DMPO paper)."
         },
     )
     weight_baseline: str = field(
@@ -85,6 +105,10 @@ class DMPOConfig(DLMConfig):
         },
     )
     beta: float = field(default=0.0, metadata={"help": "Must stay 0: DMPO has no KL term (see alpha)."})
+    loss_type: str = field(
+        default="wdce",
+        metadata={"help": "Fixed: DMPO's loss is the weighted denoising cross-entropy; TRL's loss types are refused."},
+    )
     num_iterations: int = field(default=8, metadata={"help": "Inner iterations μ reusing the detached weights."})
     num_generations: int | None = field(default=16, metadata={"help": "Group size G (DMPO: 16)."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Rows per device and micro-batch."})
@@ -130,7 +154,44 @@ class DMPOConfig(DLMConfig):
             )
         if self.multi_objective_aggregation != "sum_then_normalize":
             raise ValueError("DMPO needs multi_objective_aggregation='sum_then_normalize' (a weighted reward sum)")
+        no_ratio = "DMPO's WDCE loss has no importance ratio to clip or weight"
+        for name, neutral, fix in (
+            ("loss_type", "wdce", f"{no_ratio}: its loss is fixed (weighted denoising cross-entropy). Leave loss_type='wdce'."),
+            ("importance_sampling_level", "token", f"{no_ratio}. Leave it at 'token' (unused)."),
+            ("epsilon", 0.2, f"{no_ratio}; the step size is set by alpha, target_ess and the learning rate. Leave it at 0.2 (unused)."),
+            ("epsilon_high", None, f"{no_ratio}. Leave it unset."),
+            ("delta", None, f"{no_ratio}. Leave it unset."),
+            ("use_bias_correction_kl", False, "DMPO has no KL term (beta = 0). Set it to False."),
+        ):
+            value = getattr(self, name)
+            if value != neutral:
+                raise self._unsupported(name, value, fix)
         super()._check_dlm_fields()
+
+
+def wdce_masks(
+    seeds: torch.Tensor,  # [B] one seed per row
+    maskable: torch.Tensor,  # [B, L] bool
+    *,
+    num_replicates: int = 4,
+    antithetic: bool = True,
+    min_mask_rate: float = 0.1,
+) -> torch.Tensor:  # [B, R, L] bool
+    """WDCE's replicate masks: per row, from a generator seeded by its seed, ``R`` masks at rates
+    ``λ = min_mask_rate + (1 − min_mask_rate)·U`` over the maskable positions; with ``antithetic``
+    only ``R/2`` are drawn and replicate ``r + R/2`` masks the complement of replicate ``r``."""
+    draws = num_replicates // 2 if antithetic else num_replicates
+    rows = []
+    for s, can in zip(seeds.tolist(), maskable.cpu(), strict=True):
+        g = torch.Generator().manual_seed(int(s))
+        reps = []
+        for _ in range(draws):
+            lam = min_mask_rate + (1.0 - min_mask_rate) * torch.rand((), generator=g).item()
+            reps.append((torch.rand(can.shape, generator=g) < lam) & can)
+        if antithetic:
+            reps += [can & ~m for m in reps]
+        rows.append(torch.stack(reps))
+    return torch.stack(rows).to(maskable.device)
 
 
 class DMPOTrainer(_DLMTrainerBase):
@@ -173,37 +234,33 @@ class DMPOTrainer(_DLMTrainerBase):
             ell = torch.zeros(B, device=device)
         ell_all = self.accelerator.gather(ell)  # [N] process order = TRL's global order
         reward_all = self.accelerator.gather(out["advantages"].float())  # R - mean_G(R)
-        alpha = self.args.alpha
-        c: float | torch.Tensor = self.args.weight_temperature
+        alpha, c_max = self.args.alpha, self.args.weight_temperature
+        flat = self._flat_rows  # [N] rows of groups whose rewards are all equal (None: unknown)
+        informative = None if flat is None else ~flat.view(-1, G)[:, 0].to(ell_all.device)  # [N/G]
+        c: float | torch.Tensor = c_max
+        scores = (ell_all + reward_all / alpha).view(-1, G)  # [N/G, G]
         if self.args.target_ess is not None:
-            scores = (ell_all + reward_all / alpha).view(-1, G)
-            c = ess_temperature(scores, self.args.target_ess, c_max=self.args.weight_temperature)
+            c = ess_temperature(scores, self.args.target_ess, c_max=c_max)  # [N/G]
         w_hat, metrics = dmpo_weights(
-            ell_all, reward_all, group_size=G, alpha=alpha, c=c, baseline=self.args.weight_baseline
+            ell_all, reward_all, group_size=G, alpha=alpha, c=c, baseline=self.args.weight_baseline,
+            metric_groups=informative,
         )
         start = self.accelerator.process_index * B
         out["dmpo_weights"] = w_hat[start : start + B].to(device)  # [B]
         mode = "train" if self.model.training else "eval"
-        metrics["weights/c_mean"] = torch.as_tensor(c, dtype=torch.float32).mean()
+        sel = informative if informative is not None and bool(informative.any()) else slice(None)
+        c_groups = torch.as_tensor(c, dtype=torch.float32, device=scores.device).expand(scores.shape[0])
+        metrics["c_mean"] = c_groups[sel].mean()
+        metrics["ess_untempered_mean"] = ess(torch.softmax(c_max * scores[sel].double(), -1)).mean().float()
         for name, value in sorted(metrics.items()):
             self._metrics[mode][f"dmpo/{name}"].append(float(value))
 
     def wdce_masks(self, seeds: torch.Tensor, maskable: torch.Tensor) -> torch.Tensor:  # [B, R, L] bool
         """The R replicate masks of each row from its own generator (seeded by ``seeds [B]``)."""
-        R = self.args.num_replicates
-        draws = R // 2 if self.args.antithetic else R
-        lo = self.args.min_mask_rate
-        rows = []
-        for s, can in zip(seeds.tolist(), maskable.cpu(), strict=True):
-            g = torch.Generator().manual_seed(int(s))
-            reps = []
-            for _ in range(draws):
-                lam = lo + (1.0 - lo) * torch.rand((), generator=g).item()
-                reps.append((torch.rand(can.shape, generator=g) < lam) & can)
-            if self.args.antithetic:
-                reps += [can & ~m for m in reps]
-            rows.append(torch.stack(reps))
-        return torch.stack(rows).to(maskable.device)
+        return wdce_masks(
+            seeds, maskable, num_replicates=self.args.num_replicates, antithetic=self.args.antithetic,
+            min_mask_rate=self.args.min_mask_rate,
+        )
 
     def compute_policy_loss(self, model, inputs):
         prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]  # [B, P], [B, L]
@@ -228,7 +285,7 @@ class DMPOTrainer(_DLMTrainerBase):
         self.nfe_counts["policy"] += B * R
         ce = denoising_cross_entropy(logps, noise)  # [B]
         G = self.num_generations if self.model.training else self.num_generations_eval
-        return wdce_loss(ce, inputs["dmpo_weights"], group_size=G)
+        return wdce_loss(ce, inputs["dmpo_weights"], group_size=G, keep=inputs.get("keep_rows"))
 
 
-__all__ = ["DMPOConfig", "DMPOTrainer"]
+__all__ = ["DMPOConfig", "DMPOTrainer", "wdce_masks"]
