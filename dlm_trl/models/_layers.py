@@ -143,8 +143,24 @@ def merge_block_kv(
     return cache_k, cache_v
 
 
+class NoAutoregressiveGenerateMixin:
+    """For the mask predictors' ``PreTrainedModel`` classes: they have no autoregressive ``.generate()``
+    (dlm-trl samples with :func:`dlm_trl.sampling.generate`), said explicitly so transformers does not warn
+    on every load, yet they keep ``prepare_inputs_for_generation``, which PEFT's ``CAUSAL_LM`` wrapper
+    (TRL's default ``lora_task_type``) requires."""
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        return False
+
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
+        """Inputs of one forward."""
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
 __all__ = [
     "BlockKVCache",
+    "NoAutoregressiveGenerateMixin",
     "apply_rotary",
     "attend",
     "key_padding_bias",

@@ -43,6 +43,7 @@ from transformers.utils import ModelOutput
 
 from dlm_trl.models._layers import (
     BlockKVCache,
+    NoAutoregressiveGenerateMixin,
     apply_rotary,
     attend,
     key_padding_bias,
@@ -290,7 +291,7 @@ class DreamPreTrainedModel(PreTrainedModel):
             _init.ones_(module.weight)
 
 
-class DreamModel(DreamPreTrainedModel):
+class DreamModel(NoAutoregressiveGenerateMixin, DreamPreTrainedModel):
     """Dream's mask predictor with the hub's parameter names: ``f(x) -> logits [B, T, V]``, logit i → token i+1."""
 
     _tied_weights_keys = tied_weights_keys({"lm_head.weight": "model.embed_tokens.weight"})
@@ -335,14 +336,6 @@ class DreamModel(DreamPreTrainedModel):
         ):
             self.generation_config.save_pretrained(save_directory)
 
-    @classmethod
-    def can_generate(cls) -> bool:
-        """``False``: no autoregressive ``.generate()``; dlm-trl samples with :func:`dlm_trl.sampling.generate`."""
-        return False
-
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
-        """Inputs of one forward (PEFT's ``CAUSAL_LM`` wrapper requires this method)."""
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def forward(
         self,

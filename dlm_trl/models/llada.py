@@ -43,6 +43,7 @@ from transformers.utils import ModelOutput
 
 from ._layers import (
     BlockKVCache,
+    NoAutoregressiveGenerateMixin,
     apply_rotary,
     attend,
     key_padding_bias,
@@ -512,7 +513,7 @@ class LLaDAPreTrainedModel(PreTrainedModel):
             hf_init.zeros_(module.bias)
 
 
-class LLaDAModelLM(LLaDAPreTrainedModel):
+class LLaDAModelLM(NoAutoregressiveGenerateMixin, LLaDAPreTrainedModel):
     """The mask predictor ``f_θ(x_t) -> logits [B, T, embedding_size]`` (aligned with the input, no shift)."""
 
     _tied_weights_keys = tied_weights_keys(
@@ -541,14 +542,6 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.model.transformer["ff_out"] = value
 
-    @classmethod
-    def can_generate(cls) -> bool:
-        """``False``: no autoregressive ``.generate()``; sample with :func:`dlm_trl.sampling.generate`."""
-        return False
-
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
-        """Inputs of one forward (PEFT's ``CAUSAL_LM`` wrapper requires this method)."""
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def forward(
         self,

@@ -17,6 +17,8 @@ from torch import nn
 from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
+from .._layers import NoAutoregressiveGenerateMixin
+
 
 class TinyDLMConfig(PretrainedConfig):
     model_type = "dlm_trl_tiny"
@@ -132,7 +134,7 @@ class TinyDLMPreTrainedModel(PreTrainedModel):
             nn.init.ones_(module.weight)
 
 
-class TinyDLMForMaskedDiffusion(TinyDLMPreTrainedModel):
+class TinyDLMForMaskedDiffusion(NoAutoregressiveGenerateMixin, TinyDLMPreTrainedModel):
     """Mask predictor ``f_θ(x_t) -> logits [B, T, V]`` aligned with input positions."""
 
     def __init__(self, config: TinyDLMConfig):
@@ -156,17 +158,6 @@ class TinyDLMForMaskedDiffusion(TinyDLMPreTrainedModel):
     def get_output_embeddings(self):
         return self.lm_head
 
-    @classmethod
-    def can_generate(cls) -> bool:
-        """``False``: a masked diffusion LM has no autoregressive ``.generate()`` (use
-        :func:`dlm_trl.sampling.generate`). Said explicitly so that transformers does not warn,
-        on every load, about the ``prepare_inputs_for_generation`` defined below."""
-        return False
-
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
-        """Inputs of one forward. PEFT's ``CAUSAL_LM`` wrapper (TRL's default ``lora_task_type``)
-        requires this method; dlm-trl itself generates with :func:`dlm_trl.sampling.generate`."""
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def forward(
         self,
