@@ -26,6 +26,8 @@ from dlm_trl.testing.hub_checkpoints import (
     build_remote_code_checkpoint,
     copy_reference,
     load_remote_code_model,
+    native_config,
+    random_native_model,
     reference_dir,
     tiny_config,
 )
@@ -48,19 +50,11 @@ def _upstream(path):
 
 
 def _native_config(**overrides) -> DreamConfig:
-    cfg = tiny_config("dream", **overrides)
-    cfg.pop("architectures")
-    cfg.pop("model_type")
-    return DreamConfig(**cfg)
+    return native_config("dream", **overrides)
 
 
 def _random_native(seed: int = 0, **overrides) -> DreamModel:
-    torch.manual_seed(seed)
-    model = DreamModel(_native_config(**overrides)).eval()
-    with torch.no_grad():  # weights far from init so that differences show
-        for name, p in model.named_parameters():
-            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.2 * torch.randn_like(p))
-    return model
+    return random_native_model("dream", seed, **overrides)
 
 
 def _tokens(B: int, T: int, seed: int = 0) -> torch.Tensor:

@@ -29,7 +29,9 @@ from dlm_trl.testing.hub_checkpoints import (
     build_remote_code_checkpoint,
     copy_reference,
     load_remote_code_model,
+    native_config,
     needs_transformers5_patch,
+    random_native_model,
     reference_dir,
     tiny_config,
 )
@@ -77,19 +79,11 @@ def _left_padded(lengths: list[int], T: int, seed: int = 1) -> tuple[torch.Tenso
 
 
 def _native_config(**overrides) -> LLaDAConfig:
-    cfg = tiny_config("llada", **overrides)
-    cfg.pop("architectures")
-    cfg.pop("model_type")
-    return LLaDAConfig(**cfg)
+    return native_config("llada", **overrides)
 
 
 def _random_native(seed: int = 0, **overrides) -> LLaDAModelLM:
-    torch.manual_seed(seed)
-    model = LLaDAModelLM(_native_config(**overrides)).eval()
-    with torch.no_grad():  # weights far from init so that differences show
-        for name, p in model.named_parameters():
-            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.2 * torch.randn_like(p))
-    return model
+    return random_native_model("llada", seed, **overrides)
 
 
 def _load_native(path, **kw) -> LLaDAModelLM:

@@ -317,6 +317,36 @@ def load_remote_code_model(path: str | os.PathLike, *, dtype: torch.dtype = torc
     return model.eval()
 
 
+def native_config(family: str, **overrides: Any):
+    """The native config class of ``family`` built from :func:`tiny_config`."""
+    cfg = tiny_config(family, **overrides)
+    cfg.pop("architectures")
+    cfg.pop("model_type")
+    if family == "llada":
+        from dlm_trl.models.llada import LLaDAConfig
+
+        return LLaDAConfig(**cfg)
+    from dlm_trl.models.dream import DreamConfig
+
+    return DreamConfig(**cfg)
+
+
+def random_native_model(family: str, seed: int = 0, **overrides: Any):
+    """A native tiny model of ``family`` in eval mode, weights far from their init so that differences show."""
+    import importlib
+
+    from dlm_trl.models import NATIVE_CLASSES
+
+    module_name, cls_name = NATIVE_CLASSES[family]
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    torch.manual_seed(seed)
+    model = cls(native_config(family, **overrides)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.2 * torch.randn_like(p))
+    return model
+
+
 __all__ = [
     "ARCHITECTURES",
     "AUTO_MAPS",
@@ -326,6 +356,8 @@ __all__ = [
     "build_remote_code_checkpoint",
     "copy_reference",
     "load_remote_code_model",
+    "native_config",
+    "random_native_model",
     "needs_transformers5_patch",
     "reference_dir",
     "remote_code_classes",
