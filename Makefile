@@ -21,10 +21,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The main job: GDPO on the embedded tiny model (offline, CPU): the reward curve and the held-out
-# accuracy before/after training (outputs/gdpo_tiny/report.{json,png}). Extra recipe flags:
-#   make demo DEMO_ARGS="--train_minutes 2 --eval_samples 50"
-DEMO_ARGS ?=
+# The main job: GDPO on the embedded tiny model (offline, CPU), a shorter budget than the recipe's
+# 30-minute default: 20 optimizer steps (~27 s each on 2 idle cores) with validation on 200 validation
+# prompts at steps 0, 5, ..., 20, and the test accuracy (400 prompts) before training, of the final model
+# and of the best-on-validation one — about 13 minutes on 2 idle cores, under 15. Writes the reward and
+# validation curves and the test accuracies to outputs/gdpo_demo/report.{json,png}. Other budgets:
+#   make demo DEMO_ARGS="--max_steps 5 --val_samples 50 --eval_samples 100"
+DEMO_ARGS ?= --max_steps 20 --eval_every_steps 5 --val_samples 200 --eval_samples 400 --output_dir outputs/gdpo_demo
 demo: $(STAMP)
 	$(BIN)/python recipes/gdpo_llada.py $(DEMO_ARGS)
 

@@ -78,13 +78,13 @@ def run_recipe(path: Path, recipe: str, impl: str, out_dir: Path) -> dict:
         "--num_train_prompts", "8", "--eval_samples", "4", "--eval_batch_size", "4",
         "--per_device_train_batch_size", "4", "--num_generations", "4", "--gradient_accumulation_steps", "1",
         "--gen_length", "16", "--block_length", "8", "--diffusion_steps", "8", "--disable_tqdm", "true",
-        "--torch_threads", "0", "--train_minutes", "5",
+        "--torch_threads", "0", "--train_minutes", "5", "--val_samples", "4", "--eval_every_steps", "1",
     ]
     if impl != "native":
         argv += ["--remote_code", "true"]
     report = module.main(argv)
     return {"ok": report.get("steps") == 1, "steps": report.get("steps"),
-            "accuracy_after": (report.get("after") or {}).get("accuracy")}
+            "test_final": (report.get("test_final") or {}).get("accuracy")}
 
 
 def run_matrix(workdir: Path, families, impls, recipes, num_samples: int = 4) -> list[dict]:

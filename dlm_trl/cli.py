@@ -94,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", default="countdown", help="countdown (default), sudoku, gsm8k or math")
     ev.add_argument("--num-samples", type=int, default=200)
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--split", default="test", choices=["train", "test"])
+    ev.add_argument(
+        "--split", default="test", choices=["train", "validation", "test"],
+        help="test (default; report this), validation (choose on this) or train (dlm_trl.tasks.splits)",
+    )
     ev.add_argument("--gen-length", type=int, default=None, help="completion tokens (default: the task's)")
     ev.add_argument("--block-length", type=int, default=None, help="default: the task's (32 for real models)")
     ev.add_argument("--steps", type=int, default=None, help="denoising steps (default gen_length/2, as d1)")

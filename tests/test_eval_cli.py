@@ -35,3 +35,16 @@ def test_eval_cli_bad_sampler_config_says_how_to_fix(capsys):
     rc = main(["eval", "--num-samples", "2", "--gen-length", "48", "--block-length", "20", "--no-progress"])
     assert rc == 2
     assert "block_length" in capsys.readouterr().err
+
+
+def test_eval_cli_validation_split(tmp_path):
+    path = tmp_path / "val.json"
+    rc = main(["eval", "--model", "tiny", "--task", "countdown", "--split", "validation", "--num-samples", "4",
+               "--batch-size", "4", "--no-progress", "--samples", "--output", str(path)])
+    assert rc == 0
+    res = json.loads(path.read_text())
+    assert res["split"] == "validation" and res["num_samples"] == 4
+    from dlm_trl.tasks import countdown
+
+    val = {r["prompt"][0]["content"].split("\n\n", 1)[1] for r in countdown.generate("validation", 4, seed=0)}
+    assert {s["prompt"].split("\n\n", 1)[1] for s in res["samples"]} == val

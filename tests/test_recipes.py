@@ -1,6 +1,7 @@
 """The recipes: every YAML config parses with its recipe's parser, the no-argument defaults are the
-tiny CPU settings, and each recipe runs end to end (one step, a tiny random model) and writes
-its report."""
+tiny CPU settings (a fixed step budget of ~30 minutes), each recipe runs end to end (one step, a tiny
+random model) and writes its report, and the evaluation protocol (validation curve, best checkpoint
+chosen on validation, test before / final / best, the time cap) does what it says."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 from trl import ModelConfig, TrlParser  # noqa: E402
 
 from dlm_trl.tasks import get_task  # noqa: E402
+from dlm_trl.trainers import recipe_utils  # noqa: E402
 from dlm_trl.trainers.recipe_utils import (  # noqa: E402
+    ParameterSnapshot,
     RecipeArguments,
     cpu_rollout_autocast_dtype,
     set_torch_threads,
@@ -89,6 +92,26 @@ def test_no_argument_defaults_are_the_tiny_cpu_settings(algo):
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps >= 256
 
 
+# Measured on 2 idle cores, 256 completions per step (README); a greedy evaluation takes ~0.1 s per prompt.
+SECONDS_PER_STEP = {"gdpo": 27.0, "diffu_grpo": 23.5, "dmpo": 38.0}
+
+
+@pytest.mark.parametrize("algo", sorted(RECIPES))
+def test_no_argument_budget_is_a_fixed_number_of_steps_of_about_30_minutes(algo):
+    recipe = load_recipe(algo)
+    parser = TrlParser((RecipeArguments, getattr(recipe, RECIPES[algo]), ModelConfig))
+    parser.set_defaults_with_config(**recipe.TINY_DEFAULTS)
+    script_args, args, _ = parser.parse_args_and_config([])
+    # the step budget binds, not the clock: the cap is a safety margin well above the planned time
+    assert args.max_steps == {"gdpo": 55, "diffu_grpo": 65, "dmpo": 40}[algo]  # not chosen on test
+    assert script_args.val_samples == 200 and script_args.eval_every_steps == 5 and script_args.eval_samples == 400
+    validations = args.max_steps // script_args.eval_every_steps + 1
+    minutes = (args.max_steps * SECONDS_PER_STEP[algo] + 0.1 * validations * script_args.val_samples
+               + 0.1 * 3 * script_args.eval_samples) / 60
+    assert 27 <= minutes <= 33, minutes
+    assert script_args.train_minutes >= 1.5 * minutes
+
+
 @pytest.fixture(scope="module")
 def random_model_dir(tmp_path_factory):
     from dlm_trl.models import TinyDLMConfig, TinyDLMForMaskedDiffusion
@@ -115,18 +138,24 @@ def test_recipe_runs_end_to_end(algo, random_model_dir, tmp_path):
     out = tmp_path / algo
     argv = [
         "--model_name_or_path", str(random_model_dir), "--output_dir", str(out), "--max_steps", "1",
-        "--num_train_prompts", "8", "--eval_samples", "4", "--eval_batch_size", "4",
+        "--num_train_prompts", "8", "--eval_samples", "4", "--val_samples", "3", "--eval_batch_size", "4",
         "--per_device_train_batch_size", "4", "--num_generations", "4", "--gradient_accumulation_steps", "1",
         "--gen_length", "8", "--block_length", "8", "--diffusion_steps", "4", "--disable_tqdm", "true",
     ]
     if algo == "dmpo":
         argv += ["--num_replicates", "2"]
     report = recipe.main(argv)
-    assert report["steps"] == 1
-    assert report["heldout_before"]["num_samples"] == 4 and report["heldout_after"]["num_samples"] == 4
+    assert report["steps"] == 1 and report["max_steps"] == 1 and report["time_cap_hit"] is False
+    for key in ("before", "test_final", "test_best"):
+        assert report[key]["split"] == "test" and report[key]["num_samples"] == 4, key
+    assert report["heldout_before"] == report["before"] and report["heldout_after"] == report["test_final"]
+    # validated at the start and at the last step (eval_every_steps 50 > max_steps) on the validation split
+    assert [p["step"] for p in report["validation_curve"]] == [0, 1]
+    assert all(p["num_samples"] == 3 for p in report["validation_curve"])
+    assert report["best_step"] == 0  # the random model scores 0 everywhere: ties go to the earlier step
     assert (out / "report.png").stat().st_size > 1000
     assert json.loads((out / "report.json").read_text())["reward_curve"]
-    assert (out / "model.safetensors").exists()
+    assert (out / "model.safetensors").exists() and (out / "best" / "model.safetensors").exists()
     # where the time went: every bucket measured, and together no more than the training run
     seconds = report["seconds"]
     assert set(seconds) == {"sampler", "nograd_likelihoods", "rollout_other"} and seconds["sampler"] > 0
@@ -144,10 +173,12 @@ def test_recipe_with_lora_and_trl_default_task_type(random_model_dir, tmp_path):
         "--per_device_train_batch_size", "4", "--num_generations", "4", "--gradient_accumulation_steps", "1",
         "--gen_length", "8", "--block_length", "8", "--diffusion_steps", "4", "--disable_tqdm", "true",
         "--use_peft", "--lora_r", "4", "--lora_alpha", "8", "--lora_target_modules", "q_proj", "v_proj",
+        "--val_samples", "3",
     ]
     report = recipe.main(argv)
     assert report["steps"] == 1
     assert (out / "adapter_model.safetensors").exists() and not (out / "model.safetensors").exists()
+    assert (out / "best" / "adapter_model.safetensors").exists()
 
 
 def test_torch_threads_default_uses_this_process_share_of_the_cores(monkeypatch):
@@ -166,3 +197,124 @@ def test_torch_threads_default_uses_this_process_share_of_the_cores(monkeypatch)
             set_torch_threads(-1)
     finally:
         torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- the evaluation protocol
+
+
+def varied_reward(prompts, completions, **kwargs):
+    """Varies between completions, so the random model's groups are not flat and every step changes it."""
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return [float(sum(map(ord, t)) % 5) / 4.0 for t in texts]
+
+
+def _protocol_argv(model_dir, out, *extra):
+    return [
+        "--model_name_or_path", str(model_dir), "--output_dir", str(out), "--num_train_prompts", "8",
+        "--eval_samples", "4", "--val_samples", "3", "--eval_batch_size", "4", "--per_device_train_batch_size", "4",
+        "--num_generations", "4", "--gradient_accumulation_steps", "1", "--gen_length", "8", "--block_length", "8",
+        "--diffusion_steps", "4", "--disable_tqdm", "true", "--learning_rate", "1e-2",
+        "--reward_funcs", f"{__name__}:varied_reward", *extra,
+    ]
+
+
+def _weights(model) -> dict:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_best_checkpoint_is_chosen_on_validation_saved_and_tested(random_model_dir, tmp_path, monkeypatch):
+    """Scripted validation accuracies 0.2, 0.6, 0.6, 0.4 at steps 0-3: the best is step 1 (the tie at step 2
+    goes to the earlier step); best/ holds step 1's weights, test_best is measured on them, the final model
+    comes back afterwards, and the validation accuracy is logged as val/accuracy at every validation."""
+    from safetensors.torch import load_file
+
+    scripted = {0: 0.2, 1: 0.6, 2: 0.6, 3: 0.4}
+    seen = {"validation": {}, "test": []}
+    real_evaluate = recipe_utils.RecipeProtocol.evaluate
+
+    def evaluate(self, split, n):
+        res = real_evaluate(self, split, n)
+        step = self.trainer.state.global_step
+        if split == "validation":
+            seen["validation"][step] = _weights(self._model())
+            res = dict(res, accuracy=scripted[step])
+        else:
+            seen["test"].append(_weights(self._model()))
+        return res
+
+    logs = {}
+    real_report = recipe_utils.RecipeProtocol.report
+
+    def report(self, **kw):
+        logs["history"] = list(self.trainer.state.log_history)
+        logs["model"] = self.trainer.model
+        return real_report(self, **kw)
+
+    monkeypatch.setattr(recipe_utils.RecipeProtocol, "evaluate", evaluate)
+    monkeypatch.setattr(recipe_utils.RecipeProtocol, "report", report)
+    out = tmp_path / "gdpo"
+    rep = load_recipe("gdpo").main(_protocol_argv(random_model_dir, out, "--max_steps", "3", "--eval_every_steps", "1"))
+
+    assert [(p["step"], p["accuracy"]) for p in rep["validation_curve"]] == sorted(scripted.items())
+    assert rep["best_step"] == 1 and rep["best_validation_accuracy"] == 0.6
+    assert [e["val/accuracy"] for e in logs["history"] if "val/accuracy" in e] == [0.2, 0.6, 0.6, 0.4]
+    assert [e["step"] for e in logs["history"] if "val/accuracy" in e] == [0, 1, 2, 3]
+    # the training logs are left alone: every step still logs its reward, without validation keys
+    assert [e["step"] for e in logs["history"] if "reward" in e] == [1, 2, 3]
+    assert all("val/accuracy" not in e for e in logs["history"] if "reward" in e)
+    w = seen["validation"]
+    assert all(any(not torch.equal(w[a][n], w[b][n]) for n in w[a]) for a, b in ((0, 1), (1, 3)))  # lr 1e-2 moves it
+    # test evaluations: before (step-0 weights), final (step 3), best (step 1, restored)
+    assert len(seen["test"]) == 3
+    for got, want in zip(seen["test"], (w[0], w[3], w[1]), strict=True):
+        assert all(torch.equal(got[n], want[n]) for n in want)
+    best = load_file(out / "best" / "model.safetensors")
+    final = load_file(out / "model.safetensors")
+    assert any(not torch.equal(best[n], final[n]) for n in final)
+    assert all(torch.equal(best[n], w[1][n]) for n in best) and all(torch.equal(final[n], w[3][n]) for n in final)
+    # the trainer's model is the final model again
+    assert all(torch.equal(p, w[3][n]) for n, p in logs["model"].named_parameters())
+    assert rep["test_best"]["split"] == "test" and rep["test_final"]["split"] == "test"
+
+
+def test_validation_passes_do_not_change_training(random_model_dir, tmp_path):
+    """Evaluations are greedy with per-row generators and use no global randomness: the same run with a
+    validation every step and test evaluations trains exactly as without any."""
+    recipe = load_recipe("gdpo")
+    with_eval = recipe.main(_protocol_argv(random_model_dir, tmp_path / "a", "--max_steps", "2", "--eval_every_steps", "1"))
+    without = recipe.main(_protocol_argv(random_model_dir, tmp_path / "b", "--max_steps", "2", "--val_samples", "0",
+                                         "--eval_samples", "0"))
+    assert len(with_eval["validation_curve"]) == 3 and without["validation_curve"] == []
+    assert without["best_step"] is None and without["test_best"] is None and without["before"] is None
+    assert [p["reward"] for p in with_eval["reward_curve"]] == [p["reward"] for p in without["reward_curve"]]
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert not (tmp_path / "b" / "best").exists()
+
+
+def test_time_cap_stops_training_and_says_so(random_model_dir, tmp_path):
+    """train_minutes is a safety cap: when it binds before max_steps the report says so, and the last step is
+    still validated (eval_every_steps 0: only at the start and the end)."""
+    rep = load_recipe("gdpo").main(_protocol_argv(
+        random_model_dir, tmp_path / "capped", "--max_steps", "3", "--eval_every_steps", "0",
+        "--train_minutes", "1e-6", "--eval_samples", "0"))
+    assert rep["steps"] == 1 and rep["max_steps"] == 3 and rep["time_cap_hit"] is True
+    assert [p["step"] for p in rep["validation_curve"]] == [0, 1]
+    assert rep["test_final"] is None and rep["test_best"] is None and rep["best_step"] == 0
+
+
+def test_parameter_snapshot_copies_trainable_parameters_and_restores_them():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    model[0].weight.requires_grad_(False)  # frozen (e.g. a LoRA base weight): not copied
+    before = _weights(model)
+    snap = ParameterSnapshot(model)
+    assert snap.numel == sum(p.numel() for p in model.parameters() if p.requires_grad) == 4 + 8 + 2
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    snap.restore()
+    after = _weights(model)
+    assert torch.equal(after["0.weight"], before["0.weight"] + 1)  # frozen: untouched by restore
+    assert all(torch.equal(after[n], before[n]) for n in ("0.bias", "1.weight", "1.bias"))

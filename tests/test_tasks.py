@@ -1,9 +1,10 @@
+import hashlib
 import json
 import random
 
 import pytest
 
-from dlm_trl.tasks import TASKS, countdown, get_task, gsm8k, sudoku
+from dlm_trl.tasks import SPLITS, TASKS, countdown, get_task, gsm8k, splits, sudoku
 from dlm_trl.tasks.gsm8k import extract_final_answer
 
 
@@ -134,3 +135,88 @@ def test_math_task_errors_say_what_to_fix(tmp_path, monkeypatch):
     (tmp_path / "test.jsonl").write_text(json.dumps({"problem": "x", "solution": "no box"}) + "\n")
     with pytest.raises(ValueError, match="boxed"):
         math_task.load_rows("test", tmp_path)
+
+
+# --------------------------------------------------------------------------- validation splits
+
+
+def _digest(rows) -> str:
+    return hashlib.sha256(json.dumps([r["prompt"] for r in rows]).encode()).hexdigest()[:16]
+
+
+def test_test_splits_are_unchanged_by_the_validation_split():
+    """Validation was carved out of the old train split: the test prompts (and so the historic "400 test
+    prompts" numbers) are exactly what they were before it existed."""
+    assert _digest(countdown.generate("test", 400, seed=0)) == "7f0ec534dedc2ffa"
+    assert _digest(countdown.generate("test", 200, seed=1)) == "06cf51c170f48c01"
+    assert _digest(sudoku.generate("test", 100, seed=0)) == "93e35a0b494613ff"
+
+
+def test_generated_tasks_have_disjoint_deterministic_validation_splits():
+    key = lambda r: (tuple(r["numbers"]), r["target"])  # noqa: E731
+    c = {s: countdown.generate(s, n, seed=0) for s, n in (("train", 2500), ("validation", 400), ("test", 800))}
+    keys = {s: {key(r) for r in rows} for s, rows in c.items()}
+    assert all(len(keys[s]) == len(c[s]) for s in c)
+    assert not keys["train"] & keys["validation"] and not keys["train"] & keys["test"]
+    assert not keys["validation"] & keys["test"]
+    assert all(countdown.split_of(*k) == s for s in keys for k in keys[s])
+    assert countdown.generate("validation", 50, seed=3) == countdown.generate("validation", 50, seed=3)
+    assert countdown.generate("validation", 50, seed=3) != countdown.generate("validation", 50, seed=4)
+    # about a tenth of all puzzles: 400 fit, far more do not
+    with pytest.raises(ValueError, match="max_number"):
+        countdown.generate("validation", 1000)
+    s = {sp: {r["puzzle"] for r in sudoku.generate(sp, n, seed=0)} for sp, n in
+         (("train", 300), ("validation", 150), ("test", 150))}
+    assert not s["train"] & s["validation"] and not s["train"] & s["test"] and not s["validation"] & s["test"]
+    assert sudoku.generate("validation", 20, seed=1) == sudoku.generate("validation", 20, seed=1)
+    assert SPLITS == ("train", "validation", "test")
+    with pytest.raises(ValueError, match="'validation'"):
+        sudoku.generate("val", 3)
+
+
+def test_hash_split_fractions():
+    u = [splits.hash_split(f"k{i}") for i in range(20_000)]
+    assert abs(u.count("test") / len(u) - 0.2) < 0.01 and abs(u.count("validation") / len(u) - 0.1) < 0.01
+
+
+def _jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def test_file_tasks_hold_out_the_end_of_the_train_file_as_validation(tmp_path):
+    """GSM8K / MATH: validation is the last min(500, n // 10) rows of the train file, train the rest."""
+    from dlm_trl.tasks import math as math_task
+
+    gsm = [{"question": f"q{i}?", "answer": f"so {i}\n#### {i}"} for i in range(40)]
+    _jsonl(tmp_path / "gsm8k" / "train.jsonl", gsm)
+    _jsonl(tmp_path / "gsm8k" / "test.jsonl", gsm[:5])
+    train, val = gsm8k.load_rows("train", tmp_path), gsm8k.load_rows("validation", tmp_path)
+    assert [r["question"] for r in val] == [f"q{i}?" for i in range(36, 40)]
+    assert [r["question"] for r in train] == [f"q{i}?" for i in range(36)]
+    task = get_task("gsm8k")
+    assert {r["question"] for r in task.rows("train", None, data_path=str(tmp_path))}.isdisjoint(
+        r["question"] for r in task.rows("validation", None, data_path=str(tmp_path)))
+    assert task.rows("validation", 3, seed=1, data_path=str(tmp_path)) == task.rows(
+        "validation", 3, seed=1, data_path=str(tmp_path))
+    assert len(gsm8k.load_rows("test", tmp_path)) == 5
+    mth = [{"problem": f"p{i}", "answer": str(i)} for i in range(25)]
+    _jsonl(tmp_path / "math" / "train.jsonl", mth)
+    assert [r["problem"] for r in math_task.load_rows("validation", tmp_path)] == ["p23", "p24"]
+    assert len(math_task.load_rows("train", tmp_path)) == 23
+    assert splits.validation_size(7473) == 500 and splits.validation_size(7500) == 500
+    _jsonl(tmp_path / "tiny" / "math" / "train.jsonl", mth[:5])
+    with pytest.raises(ValueError, match="too few"):
+        math_task.load_rows("validation", tmp_path / "tiny")
+
+
+def test_gsm8k_shared_data_validation_is_the_last_500_train_rows():
+    try:
+        full = gsm8k.load_rows("train") + gsm8k.load_rows("validation")
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    assert len(full) == 7473 and len(gsm8k.load_rows("validation")) == 500
+    questions = [r["question"] for r in full]
+    assert len(set(questions[:6973]) & set(questions[6973:])) == 0
+    test = {r["question"] for r in gsm8k.load_rows("test")}
+    assert not test & set(questions[6973:])

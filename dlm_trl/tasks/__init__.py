@@ -2,7 +2,8 @@
 
 ``get_task(name)`` returns a :class:`Task`; ``task.dataset(split, n, seed)`` gives a
 ``datasets.Dataset`` in TRL's conversational format (column ``prompt``) plus the columns
-its reward reads. Correctness is decided by the task's reward plugin (entry-point group
+its reward reads. Every task has the splits ``train``, ``validation`` and ``test``, pairwise
+disjoint (:mod:`dlm_trl.tasks.splits`): choose on validation, report on test. Correctness is decided by the task's reward plugin (entry-point group
 ``dlm_trl.rewards``): an answer is correct when that reward returns its maximum, 1.0.
 **Countdown is the default task.**
 """
@@ -14,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import countdown, gsm8k, math, sudoku
+from . import countdown, gsm8k, math, splits, sudoku
+from .splits import SPLITS
 
 DEFAULT_TASK = "countdown"
 
@@ -86,4 +88,4 @@ def get_task(name: str | None = None) -> Task:
     return TASKS[name]
 
 
-__all__ = ["DEFAULT_TASK", "TASKS", "Task", "countdown", "get_task", "gsm8k", "sudoku"]
+__all__ = ["DEFAULT_TASK", "SPLITS", "TASKS", "Task", "countdown", "get_task", "gsm8k", "splits", "sudoku"]

@@ -3,18 +3,20 @@
 A puzzle is three numbers and a target; an answer is an arithmetic expression that uses
 each number exactly once with ``+ - * /`` and evaluates to the target. Puzzles are made
 by drawing numbers and a random expression tree, so every puzzle has a known solution.
-Puzzles are assigned to ``train`` / ``test`` by a hash of their content, so the two
-splits never share a puzzle, whatever the seeds.
+Puzzles are assigned to ``train`` / ``validation`` / ``test`` by a hash of their content
+(:func:`split_of`, see :mod:`dlm_trl.tasks.splits`), so the splits never share a puzzle, whatever
+the seeds. Of the 4,403 distinct puzzles the default settings draw, 912 are ``test``, about 440
+``validation`` and about 3,050 ``train``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from fractions import Fraction
 
 from .prompts import completion_text, user_turn
+from .splits import TEST_FRACTION, VALIDATION_FRACTION, check_split, hash_split
 
 OPS = ("+", "-", "*", "/")
 
@@ -35,10 +37,13 @@ def question(numbers: list[int], target: int) -> str:
     )
 
 
-def split_of(numbers: list[int], target: int, test_fraction: float = 0.2) -> str:
-    key = f"countdown:{list(numbers)}:{target}".encode()
-    bucket = int.from_bytes(hashlib.sha256(key).digest()[:4], "big") / 2**32
-    return "test" if bucket < test_fraction else "train"
+def split_of(
+    numbers: list[int], target: int, test_fraction: float = TEST_FRACTION,
+    validation_fraction: float = VALIDATION_FRACTION,
+) -> str:
+    """``"test"``, ``"validation"`` or ``"train"`` by a hash of the puzzle (test: the same puzzles as
+    before the validation split existed; validation was carved out of the old train split)."""
+    return hash_split(f"countdown:{list(numbers)}:{target}", test_fraction, validation_fraction)
 
 
 def make_puzzle(
@@ -108,9 +113,8 @@ def _value(expr: str) -> Fraction | None:
 
 
 def generate(split: str, num_samples: int, seed: int = 0, **kwargs) -> list[dict]:
-    """``num_samples`` distinct puzzles of ``split`` ("train" or "test"), deterministic in ``seed``."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    """``num_samples`` distinct puzzles of ``split`` ("train", "validation" or "test"), deterministic in ``seed``."""
+    check_split(split)
     rng = random.Random(f"countdown-{seed}")
     rows, seen = [], set()
     attempts = 0  # draws since the last accepted puzzle

@@ -1,5 +1,9 @@
 """GSM8K from local JSONL files (no download): ``../shared/data/gsm8k/{train,test}.jsonl``.
 
+Splits: ``test`` is ``test.jsonl`` (1,319 rows); ``validation`` is the last 500 rows of ``train.jsonl``
+in file order and ``train`` the first 6,973 (:func:`dlm_trl.tasks.splits.carve_validation`), so
+training never sees a validation row.
+
 Each row keeps the original ``question`` and the full gold ``answer`` text (which ends in
 ``#### <number>``; the reward parses it), and adds ``target`` (the number after ``####``
 as a string, commas removed) and the conversational ``prompt``.
@@ -13,6 +17,7 @@ import re
 from pathlib import Path
 
 from .prompts import user_turn
+from .splits import carve_validation, check_split
 
 _FINAL = re.compile(r"####\s*(.+?)\s*$", re.S)
 
@@ -48,9 +53,9 @@ def data_dir(path: str | os.PathLike | None = None) -> Path:
 
 
 def load_rows(split: str, path: str | os.PathLike | None = None) -> list[dict]:
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    file = data_dir(path) / "gsm8k" / f"{split}.jsonl"
+    """The rows of ``split`` in file order (``train`` / ``validation``: the train file without / only its last rows)."""
+    check_split(split)
+    file = data_dir(path) / "gsm8k" / f"{'test' if split == 'test' else 'train'}.jsonl"
     if not file.exists():
         raise FileNotFoundError(f"{file} is missing")
     rows = []
@@ -63,7 +68,7 @@ def load_rows(split: str, path: str | os.PathLike | None = None) -> list[dict]:
             if missing:
                 raise ValueError(f"{file}:{i + 1} lacks column(s) {sorted(missing)}")
             rows.append(rec)
-    return rows
+    return rows if split == "test" else carve_validation(rows, split)
 
 
 def generate(split: str, num_samples: int | None = None, seed: int = 0, data_path=None) -> list[dict]:

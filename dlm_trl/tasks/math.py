@@ -6,6 +6,9 @@ dlm-trl does not ship MATH. Put the files where the other shared data lives
 Each line is one problem with a ``problem`` field and either an ``answer`` field (MATH-500
 style) or a ``solution`` whose last ``\\boxed{...}`` is the answer (original MATH style);
 an optional ``level`` / ``type`` is kept. The reward is ``math_accuracy`` (math-verify).
+
+Splits: ``test`` is ``test.jsonl``; ``validation`` is the last ``min(500, n // 10)`` rows of
+``train.jsonl`` in file order and ``train`` the rest (:func:`dlm_trl.tasks.splits.carve_validation`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dlm_trl_rewards._common import last_boxed  # the reward parses answers the 
 
 from .gsm8k import data_candidates
 from .prompts import user_turn
+from .splits import carve_validation, check_split
 
 
 def _file(split: str, path: str | os.PathLike | None) -> Path:
@@ -36,9 +40,9 @@ def _file(split: str, path: str | os.PathLike | None) -> Path:
 
 
 def load_rows(split: str, path: str | os.PathLike | None = None) -> list[dict]:
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    file = _file(split, path)
+    """The rows of ``split`` in file order (``train`` / ``validation``: the train file without / only its last rows)."""
+    check_split(split)
+    file = _file("test" if split == "test" else "train", path)
     rows = []
     with open(file) as fh:
         for i, line in enumerate(fh):
@@ -56,7 +60,7 @@ def load_rows(split: str, path: str | os.PathLike | None = None) -> list[dict]:
                     raise ValueError(f"{file}:{i + 1}: the solution has no \\boxed{{...}} answer; add an 'answer' field")
             rec = dict(rec, answer=str(answer).strip())
             rows.append(rec)
-    return rows
+    return rows if split == "test" else carve_validation(rows, split)
 
 
 def generate(split: str, num_samples: int | None = None, seed: int = 0, data_path=None) -> list[dict]:

@@ -3,15 +3,16 @@
 Grids are 16-character strings read row by row, digits 1-4, ``0`` for an empty cell.
 A solved grid is drawn by relabelling digits and permuting rows/columns (within and
 across 2×2 bands) of a base solution; cells are then emptied in random order as long as
-the puzzle keeps exactly one solution. The train/test split is by a hash of the puzzle.
+the puzzle keeps exactly one solution. The train/validation/test split is by a hash of the puzzle
+(:func:`split_of`; test as before the validation split existed, validation carved out of the old train).
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
 
 from .prompts import completion_text, user_turn
+from .splits import TEST_FRACTION, VALIDATION_FRACTION, check_split, hash_split
 
 BASE = [[1, 2, 3, 4], [3, 4, 1, 2], [2, 1, 4, 3], [4, 3, 2, 1]]
 
@@ -98,14 +99,12 @@ def question(puzzle: str) -> str:
     )
 
 
-def split_of(puzzle: str, test_fraction: float = 0.2) -> str:
-    bucket = int.from_bytes(hashlib.sha256(f"sudoku:{puzzle}".encode()).digest()[:4], "big") / 2**32
-    return "test" if bucket < test_fraction else "train"
+def split_of(puzzle: str, test_fraction: float = TEST_FRACTION, validation_fraction: float = VALIDATION_FRACTION) -> str:
+    return hash_split(f"sudoku:{puzzle}", test_fraction, validation_fraction)
 
 
 def generate(split: str, num_samples: int, seed: int = 0, **kwargs) -> list[dict]:
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    check_split(split)
     rng = random.Random(f"sudoku-{seed}")
     rows, seen, attempts = [], set(), 0
     while len(rows) < num_samples:
