@@ -215,3 +215,40 @@ def test_real_arch_smoke_full_matrix(tmp_path):
     bad = [r for r in rows if r["ok"] != expected_ok(r)]
     assert not bad, bad
     assert len(rows) == 2 * (1 + 3 + 1 + 3 + 1)
+
+
+@pytest.mark.distributed
+@pytest.mark.skipif(not needs_transformers5_patch(), reason="the trainers need transformers >= 5")
+@pytest.mark.parametrize("family,zero_stage,lora", [("llada", 3, True), ("dream", 3, False)])
+def test_recipe_on_native_models_under_zero3_two_processes(hub, tmp_path, family, zero_stage, lora):
+    """The 8B runs' set-up on this machine: a hub-layout checkpoint loaded natively (deepspeed.zero.Init under
+    ZeRO-3), sharded over 2 CPU processes, one GDPO step, validation and test evaluation on all ranks."""
+    import shutil
+    import socket
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    cmd = [
+        shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate"), "launch",
+        "--config_file", str(repo / "recipes" / "accelerate" / "cpu_deepspeed_2proc.yaml"),
+        "--zero_stage", str(zero_stage), "--main_process_port", str(port), str(repo / "recipes" / "gdpo_llada.py"),
+        "--model_name_or_path", str(hub[family]), "--output_dir", str(out), "--max_steps", "1",
+        "--eval_every_steps", "1", "--num_train_prompts", "8", "--eval_samples", "3", "--val_samples", "3",
+        "--eval_batch_size", "2", "--per_device_train_batch_size", "2", "--num_generations", "2",
+        "--gradient_accumulation_steps", "1", "--gen_length", "8", "--block_length", "8", "--diffusion_steps", "4",
+        "--disable_tqdm", "true", "--torch_threads", "1", "--bf16", "false",
+    ]
+    if lora:
+        cmd += ["--use_peft", "--lora_r", "2", "--lora_alpha", "4", "--lora_target_modules", family]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=repo, env=env)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 1 and report["test_final"]["num_samples"] == 3
+    saved = out / ("adapter_model.safetensors" if lora else "model.safetensors")
+    assert saved.exists(), sorted(p.name for p in out.iterdir())
