@@ -48,7 +48,9 @@ bench: $(STAMP)
 rl-compare: $(STAMP)
 	$(BIN)/python benchmarks/rl_compare.py
 
-# The three recipes with no arguments, 3 seeds each, one run at a time (~70 min on 2 CPU cores).
+# The protocol of record: the three recipes with no arguments, 3 seeds each, one run at a time, each ~30 min
+# (fixed max_steps), step chosen on validation only; test accuracy final and best-on-validation, validation
+# curves (9 runs, ~4.5 h on 2 CPU cores). Tabulate finished runs only: ... --summarize_only --out_dir DIR.
 recipe-runs: $(STAMP)
 	$(BIN)/python benchmarks/recipe_runs.py
 

@@ -1,5 +1,9 @@
 """Compare the three DLM trainers under the same wall-clock budget (ALGORITHMS.md §2).
 
+Note: this is the older fixed-minutes comparison (accuracy after a wall-clock budget, no validation split).
+The protocol of record is ``benchmarks/recipe_runs.py``: the recipes as a user runs them, fixed step budgets,
+the checkpoint chosen on validation only, test accuracy final and best-on-validation over seeds.
+
 Variants: ``diffu_grpo``, ``gdpo`` (fresh masks every inner iteration), ``gdpo_fixed`` (one set
 of masks per rollout: the old estimate costs N forwards instead of μ·N; it differs from ``gdpo`` only
 with ``--num_iterations`` > 1, and the recipes' default is 1) and ``dmpo``, each from

@@ -19,13 +19,24 @@ recipe, seed, out = Path(args[0]).name, int(args[args.index("--seed") + 1]), Pat
 if "boom" in args:
     sys.exit(3)
 algo = recipe.replace("_llada.py", "")
-after = {"diffu_grpo": 0.40, "gdpo": 0.38, "dmpo": 0.36}[algo] + 0.01 * seed
+final = {"diffu_grpo": 0.40, "gdpo": 0.38, "dmpo": 0.36}[algo] + 0.01 * seed
+best = final - 0.01 + 0.01 * seed  # seed 0: best < final; seed 1: best = final
+capped = algo == "dmpo" and seed == 1  # the time cap bound before max_steps
+steps = 8 if capped else 10
+val = [(0, 0.30), (5, 0.33), (steps, 0.32 + 0.02 * seed)]  # best step: 5 (seed 0), the last (seed 1)
+best_step, best_val = max(val, key=lambda p: p[1])
+test = lambda acc: {"task": "countdown", "split": "test", "num_samples": 400, "accuracy": acc, "seconds": 4.0}
+before, test_final = test(0.35), test(final)
 out.mkdir(parents=True, exist_ok=True)
 (out / "report.json").write_text(json.dumps({
-    "title": f"{algo} · tiny · countdown", "steps": 10, "train_seconds": 100.0,
+    "title": f"{algo} · tiny · countdown", "steps": steps, "max_steps": 10, "time_cap_hit": capped,
+    "train_minutes_cap": 60.0, "train_seconds": 100.0,
     "seconds": {"sampler": 60.0, "nograd_likelihoods": 10.0, "rollout_other": 5.0},
-    "heldout_before": {"accuracy": 0.35, "num_samples": 400},
-    "heldout_after": {"accuracy": after, "num_samples": 400},
+    "before": before, "test_final": test_final, "test_best": test(best),
+    "best_step": best_step, "best_validation_accuracy": best_val,
+    "validation_curve": [{"step": s, "accuracy": a, "mean_reward": a, "num_samples": 200, "seconds": 2.0} for s, a in val],
+    "val_samples": 200, "eval_every_steps": 5, "eval_seconds": 22.0,
+    "heldout_before": before, "heldout_after": test_final,
 }))
 '''
 
@@ -46,8 +57,18 @@ def test_recipe_runs_runs_every_recipe_and_seed_and_tabulates(tmp_path, capsys):
             "--launcher", f"{sys.executable} {fake}"]
     recipe_runs.main(argv)
     table = docs.with_suffix(".md").read_text()
-    assert "| diffu-GRPO | 0,1 | 35.0 ± 0.0 → **40.5 ± 0.7** | +5.00, +6.00 | +5.50 | 10.0 | 10.0 | 60 / 10 / 5 / 25 % |" in table
-    assert "| GDPO | 0,1 |" in table and "| DMPO | 0,1 |" in table
+    # test accuracy: before → final / best (mean ± sd), paired gains per seed, mean ± sd and the 95 % t-interval
+    # (t(1) = 12.706: +5.5 ± 12.706 · 0.71 / √2), best step per seed (its validation accuracy)
+    assert ("| diffu-GRPO | 0,1 | 35.0 ± 0.0 | **40.5 ± 0.7** | **40.0 ± 1.4** | +5.00, +6.00 | +4.00, +6.00 | "
+            "+5.50 ± 0.71 (n=2; 95 % CI [-0.85, +11.85]) | +5.00 ± 1.41 (n=2; 95 % CI [-7.71, +17.71]) | "
+            "5 (33.0), 10 (34.0) |") in table
+    assert "| GDPO | 0,1 | 35.0 ± 0.0 | **38.5 ± 0.7** | **38.0 ± 1.4** |" in table
+    assert "| DMPO | 0,1 | 35.0 ± 0.0 | **36.5 ± 0.7** | **36.0 ± 1.4** |" in table and "| 5 (33.0), 8 (34.0) |" in table
+    # budget: steps / max_steps, the time cap, s / step without the evaluations inside train_runtime
+    # ((100 - 4 - 3 × 2) / 10), shares with the evaluations (4 + 3 × 2 of 100 s)
+    assert "| diffu-GRPO | 10/10, 10/10 | no | 9.0 | 60 / 10 / 5 / 10 / 15 % |" in table
+    assert "| DMPO | 10/10, 8/10 | yes: s1 | 10.0 | 60 / 10 / 5 / 10 / 15 % |" in table
+    assert "400 countdown test prompts" in table and "Validation: 200 prompts" in table and "every 5 optimizer steps" in table
     runs = json.loads(docs.with_suffix(".json").read_text())
     assert len(runs) == 6 and all(r["returncode"] == 0 and r["peak_rss_mb"] > 0 for r in runs)
     assert docs.with_suffix(".png").stat().st_size > 1000
@@ -61,3 +82,55 @@ def test_recipe_runs_runs_every_recipe_and_seed_and_tabulates(tmp_path, capsys):
 def test_recipe_runs_rejects_unknown_recipe(tmp_path):
     with pytest.raises(SystemExit, match="unknown recipe"):
         load("recipe_runs").main(["--recipes", "gdpo,grpo", "--out_dir", str(tmp_path)])
+
+
+OLD_STYLE = {  # a report from before the validation protocol: heldout_before / heldout_after only
+    "title": "gdpo · tiny · countdown", "steps": 7, "train_seconds": 100.0,
+    "seconds": {"sampler": 60.0, "nograd_likelihoods": 10.0, "rollout_other": 5.0},
+    "heldout_before": {"accuracy": 0.35, "num_samples": 400},
+}
+
+
+def _write_run(d: Path, report: dict, meta: dict | None = None) -> None:
+    d.mkdir(parents=True)
+    (d / "report.json").write_text(json.dumps(report))
+    if meta is not None:
+        (d / "run.json").write_text(json.dumps(meta))
+
+
+def test_recipe_runs_tabulates_old_style_reports_and_unsuffixed_folders(tmp_path):
+    """Old-style reports degrade to "–"; ``<algo>`` folders (no ``_s<seed>``) are found, seed from run.json or 0."""
+    recipe_runs = load("recipe_runs")
+    runs, docs = tmp_path / "runs", tmp_path / "docs" / "recipe_runs"
+    for seed in (0, 1):
+        _write_run(runs / f"gdpo_s{seed}", {**OLD_STYLE, "heldout_after": {"accuracy": 0.38 + 0.01 * seed, "num_samples": 400}},
+                   {"algo": "gdpo", "seed": seed, "wall_seconds": 600.0, "peak_rss_mb": 2048.0})
+    _write_run(runs / "gdpo", {**OLD_STYLE, "heldout_after": {"accuracy": 0.5, "num_samples": 400}})  # seed 0 again
+    _write_run(runs / "dmpo", {**OLD_STYLE, "title": "dmpo · tiny · countdown",
+                               "heldout_after": {"accuracy": 0.37, "num_samples": 400}})
+    _write_run(runs / "diffu_grpo", {**OLD_STYLE, "heldout_after": {"accuracy": 0.36, "num_samples": 400}}, {"seed": 2})
+    recipe_runs.main(["--summarize_only", "--out_dir", str(runs), "--docs", str(docs)])  # --layout auto
+    table = docs.with_suffix(".md").read_text()
+    assert ("| GDPO | 0,1 | 35.0 ± 0.0 | **38.5 ± 0.7** | – | +3.00, +4.00 | – | "
+            "+3.50 ± 0.71 (n=2; 95 % CI [-2.85, +9.85]) | – | – |") in table  # the flat gdpo (seed 0 again) skipped
+    assert "| GDPO | 7/–, 7/– | – | 14.3 | 60 / 10 / 5 / 0 / 25 % | 10.0 min | 2.0 GB |" in table
+    assert "| DMPO | 0? | 35.0 | **37.0** | – | +2.00 | – | +2.00 (n=1; sd, 95 % CI n/a) | – | – |" in table
+    assert "| DMPO | 7/– | – | 14.3 | 60 / 10 / 5 / 0 / 25 % | – | – |" in table
+    assert "| diffu-GRPO | 2 | 35.0 | **36.0** |" in table  # seed from run.json, whatever --seeds says
+    assert "assumed 0" in table and "No run has a validation curve" in table
+    assert docs.with_suffix(".png").stat().st_size > 1000
+    # --layout seeded: only <algo>_s<seed>; --layout flat: only <algo> (and never launches anything)
+    recipe_runs.main(["--summarize_only", "--out_dir", str(runs), "--docs", str(docs), "--layout", "seeded"])
+    table = docs.with_suffix(".md").read_text()
+    assert "| GDPO | 0,1 |" in table and "DMPO" not in table
+    recipe_runs.main(["--out_dir", str(runs), "--docs", str(docs), "--layout", "flat", "--launcher", "false"])
+    table = docs.with_suffix(".md").read_text()
+    assert "| GDPO | 0? | 35.0 | **50.0** |" in table and "| DMPO | 0? |" in table
+    assert len(json.loads(docs.with_suffix(".json").read_text())) == 3
+
+
+def test_recipe_runs_t_interval():
+    recipe_runs = load("recipe_runs")
+    assert recipe_runs.t975(1) == 12.706 and recipe_runs.t975(2) == 4.303 and recipe_runs.t975(1000) == 1.96
+    assert recipe_runs.paired_gain([1.0, 2.0, 3.0]) == "+2.00 ± 1.00 (n=3; 95 % CI [-0.48, +4.48])"
+    assert recipe_runs.paired_gain([]) == "–"
