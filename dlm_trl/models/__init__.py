@@ -59,6 +59,7 @@ __all__ = [
     "load_with_adapter",
     "ModelLoadError",
     "NATIVE_CLASSES",
+    "native_class",
     "native_family",
     "load_tokenizer",
     "resolve_mask_token_id",
@@ -126,6 +127,14 @@ def _config_dict(path: str) -> dict[str, Any]:
             "Pass --model tiny, a checkpoint folder, or a hub id such as GSAI-ML/LLaDA-8B-Instruct"
         ) from err
     return cfg
+
+
+def native_class(family: str):
+    """dlm-trl's own model class of ``family`` (``"llada"`` / ``"dream"``), imported on first use."""
+    import importlib
+
+    module_name, cls_name = NATIVE_CLASSES[family]
+    return getattr(importlib.import_module(module_name), cls_name)
 
 
 def native_family(config: dict[str, Any]) -> str | None:
@@ -221,7 +230,8 @@ def load_model(
         dtype = getattr(torch, dtype)
     if family is not None and family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; choose one of {FAMILIES} (--model-family)")
-    if is_tiny:
+    cfg = {"model_type": TinyDLMConfig.model_type} if is_tiny else _config_dict(path)
+    if cfg.get("model_type") == TinyDLMConfig.model_type:  # the embedded model, or one trained from it
         if remote_code:
             raise ValueError("the embedded tiny model has no remote code; drop --remote-code")
         model = TinyDLMForMaskedDiffusion.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
@@ -231,17 +241,11 @@ def load_model(
                              "trust_remote_code=False")
         model = _load_remote(path, dtype, kwargs)
     else:
-        cfg = _config_dict(path)
         fam = native_family(cfg)
         if family in NATIVE_CLASSES and fam is None and not cfg.get("auto_map"):
             fam = family  # a LLaDA / Dream checkpoint saved under another model_type
-        if cfg.get("model_type") == TinyDLMConfig.model_type:
-            model = TinyDLMForMaskedDiffusion.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
-        elif fam in NATIVE_CLASSES:
-            import importlib
-
-            module_name, cls_name = NATIVE_CLASSES[fam]
-            cls = getattr(importlib.import_module(module_name), cls_name)
+        if fam in NATIVE_CLASSES:
+            cls = native_class(fam)
             try:
                 model = cls.from_pretrained(path, dtype=dtype, **kwargs)
             except (ValueError, KeyError, OSError, RuntimeError) as err:

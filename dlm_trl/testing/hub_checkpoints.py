@@ -333,12 +333,9 @@ def native_config(family: str, **overrides: Any):
 
 def random_native_model(family: str, seed: int = 0, **overrides: Any):
     """A native tiny model of ``family`` in eval mode, weights far from their init so that differences show."""
-    import importlib
+    from dlm_trl.models import native_class
 
-    from dlm_trl.models import NATIVE_CLASSES
-
-    module_name, cls_name = NATIVE_CLASSES[family]
-    cls = getattr(importlib.import_module(module_name), cls_name)
+    cls = native_class(family)
     torch.manual_seed(seed)
     model = cls(native_config(family, **overrides)).eval()
     with torch.no_grad():
