@@ -191,26 +191,6 @@ RECIPE_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def random_model_dir(tmp_path_factory):
-    from dlm_trl.models import TinyDLMConfig, TinyDLMForMaskedDiffusion
-    from dlm_trl.models.tiny.train import build_tokenizer
-    from dlm_trl.tasks import get_task
-
-    rows = get_task("countdown").rows("train", 40, seed=1)
-    tok = build_tokenizer([r["prompt"][0]["content"] for r in rows] + [r["reference"] for r in rows], 300)
-    torch.manual_seed(0)
-    cfg = TinyDLMConfig(
-        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=256, mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-    )
-    path = tmp_path_factory.mktemp("random_tiny_z3")
-    TinyDLMForMaskedDiffusion(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def test_gdpo_recipe_under_zero3_two_processes(tmp_path, random_model_dir):
     out = tmp_path / "gdpo_z3"
     script = tmp_path / "run_recipe.py"
