@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers.utils import ModelOutput
 
 
 @dataclass
@@ -143,6 +144,16 @@ def merge_block_kv(
     return cache_k, cache_v
 
 
+@dataclass
+class DiffusionLMOutput(ModelOutput):
+    """What the native models return: ``logits [B, Q, V]`` for the ``Q`` computed positions, the loss when
+    ``labels`` were given, and the block ``kv_cache`` when requested."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    kv_cache: BlockKVCache | None = None
+
+
 class NoAutoregressiveGenerateMixin:
     """For the mask predictors' ``PreTrainedModel`` classes: they have no autoregressive ``.generate()``
     (dlm-trl samples with :func:`dlm_trl.sampling.generate`), said explicitly so transformers does not warn
@@ -160,6 +171,7 @@ class NoAutoregressiveGenerateMixin:
 
 __all__ = [
     "BlockKVCache",
+    "DiffusionLMOutput",
     "NoAutoregressiveGenerateMixin",
     "apply_rotary",
     "attend",

@@ -31,7 +31,6 @@ Deliberate departures:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,10 +38,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.utils import ModelOutput
 
 from dlm_trl.models._layers import (
     BlockKVCache,
+    DiffusionLMOutput,
     NoAutoregressiveGenerateMixin,
     apply_rotary,
     attend,
@@ -147,13 +146,7 @@ class DreamConfig(PretrainedConfig):
             )
 
 
-@dataclass
-class DreamOutput(ModelOutput):
-    """``logits [B, Q, V]`` (logit i predicts token i+1) and, when requested, the block ``kv_cache``."""
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    kv_cache: BlockKVCache | None = None
+DreamOutput = DiffusionLMOutput  # logit i predicts token i+1
 
 
 class DreamRMSNorm(nn.Module):

@@ -26,7 +26,6 @@ layer norms other than ``rms``, block types other than ``llama`` / ``sequential`
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,10 +38,10 @@ try:  # transformers >= 5: init functions that skip tensors already loaded from 
 except ImportError:  # transformers 4.x initialises only the modules a checkpoint did not fill
     hf_init = nn.init
 from transformers.modeling_layers import GradientCheckpointingLayer  # transformers >= 4.52
-from transformers.utils import ModelOutput
 
 from ._layers import (
     BlockKVCache,
+    DiffusionLMOutput,
     NoAutoregressiveGenerateMixin,
     apply_rotary,
     attend,
@@ -224,13 +223,7 @@ class LLaDAConfig(PretrainedConfig):
             raise bad("mlp_hidden_size", "swiglu needs an even MLP size")
 
 
-@dataclass
-class LLaDAModelOutput(ModelOutput):
-    """``logits [B, Q, embedding_size]`` for the ``Q`` computed positions; ``kv_cache`` when requested."""
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    kv_cache: BlockKVCache | None = None
+LLaDAModelOutput = DiffusionLMOutput  # logits have embedding_size columns
 
 
 class LLaDARMSNorm(nn.Module):
