@@ -22,6 +22,7 @@ _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 # An optional sign, digits with optional thousands separators, an optional decimal part.
 # "1,000" and "-3.5" are numbers; the "," of "3, 4" is not a thousands separator.
 _NUMBER_RE = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+_PLAIN_NUMBER_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")  # "1,000"; not "1,2"
 
 
 def _content_to_text(content: Any) -> str:
@@ -106,15 +107,17 @@ def last_number(text: str) -> str | None:
 def gsm8k_gold(answer: Any) -> str | None:
     """The gold answer of a GSM8K-style ``answer`` field.
 
-    ``"... #### 1,000"`` gives ``"1000"``; any other value is returned stripped (a bare number,
-    LaTeX or ``\\boxed{}``, which the caller parses). ``None``/empty give ``None``.
+    ``"... #### 1,000"`` gives ``"1000"`` (commas are dropped only from a plain number, so
+    ``"#### (-2,1)"`` keeps its tuple); any other value is returned stripped (a bare number, LaTeX
+    or ``\\boxed{}``, which the caller parses). ``None``/empty give ``None``.
     """
     if answer is None:
         return None
     text = str(answer)
     if "####" in text:
-        text = text.rsplit("####", 1)[1].strip().replace(",", "")
-        text = text.rstrip(".")
+        text = text.rsplit("####", 1)[1].strip().rstrip(".")
+        if _PLAIN_NUMBER_RE.fullmatch(text):
+            text = text.replace(",", "")
     text = text.strip()
     return text or None
 

@@ -38,22 +38,42 @@ def _on_alarm(signum, frame):  # noqa: ARG001
         raise _ItemTimeout()
 
 
-def _parse_gold(parse, text: str):
+_CONFIG = None
+
+
+def _parse(text: str):
+    """math-verify's parse with its default extraction, except that its unit stripping is off: it
+    drops a trailing one- or two-letter "unit" (``4\\pi r^2 h`` -> ``4\\pi r^2``, ``a + b + c`` -> ``a +``).
+    The reward strips units itself before sending (``5\\text{ cm}``, ``18 dollars``)."""
+    global _CONFIG
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
+    if _CONFIG is None:
+        from latex2sympy2_extended import NormalizationConfig
+
+        norm = NormalizationConfig(
+            basic_latex=True, units=False, malformed_operators=True, nits=True, boxed="all", equations=False
+        )
+        _CONFIG = [LatexExtractionConfig(normalization_config=norm), ExprExtractionConfig()]
+    return parse(text, extraction_config=_CONFIG, parsing_timeout=None)
+
+
+def _parse_gold(text: str):
     # A bare LaTeX gold ("\frac{1}{2}") needs an anchor to be found; try the text, then $...$, then \boxed{}.
     for candidate in (text, f"${text}$", f"\\boxed{{{text}}}"):
-        parsed = parse(candidate, parsing_timeout=None)
+        parsed = _parse(candidate)
         if parsed:
             return parsed
     return []
 
 
 def _verify(req: dict) -> dict:
-    from math_verify import parse, verify
+    from math_verify import verify
 
-    gold = _parse_gold(parse, req["gold"])
+    gold = _parse_gold(req["gold"])
     if not gold:
         return {"status": "error", "error": f"gold answer {req['gold'][:80]!r} could not be parsed"}
-    pred = parse(req["pred"], parsing_timeout=None)
+    pred = _parse(req["pred"])
     if not pred:
         return {"status": "ok", "correct": False}
     return {"status": "ok", "correct": bool(verify(gold, pred, timeout_seconds=None))}

@@ -2,9 +2,30 @@
 
 Both follow TRL's signature ``f(prompts, completions, *, answer, **columns) -> list[float | None]``.
 
-The gold answer (column ``answer``) may be a GSM8K solution ending in ``#### 42``, a bare number, or
-LaTeX / ``\\boxed{}``. The completion's answer is taken from, in order: the last
-``<answer>...</answer>`` pair, else the last ``\\boxed{}``, else the last number in the text.
+The gold answer (column ``answer``) may be a final answer (``42``, ``\\sqrt{51}``, ``\\text{Evelyn}``), a full
+solution whose last ``\\boxed{}`` is the answer (MATH), or a solution ending in ``#### 42`` (GSM8K). The
+completion's answer is taken from, in order: the last ``<answer>...</answer>`` pair (the last
+``\\boxed{}`` inside it if any), else the last ``\\boxed{}``, else the last number in the text.
+
+Both answers are then read as math (:func:`_prepare`, pure Python) and compared by math-verify in
+math mode (sent as ``\\boxed{...}``), so bare LaTeX such as ``\\sqrt{51}``, ``\\pi`` or ``p - q`` is
+parsed, not skipped for the first number in it. Conventions (those of MATH answers):
+
+* ``$...$``, ``\\(...\\)``, ``\\[...\\]``, ``\\$`` and a leading "The (final) answer is" are dropped;
+  ``\\dfrac``/``\\tfrac`` are ``\\frac``; a trailing period is dropped.
+* units after a number are dropped: ``5\\text{ cm}^2``, ``12\\mbox{ inches}``, ``18 dollars``, ``5 cm``
+  (math-verify's own unit list is switched off: it reads ``4\\pi r^2 h`` as ``4\\pi r^2``, ``3c`` as ``3``).
+* percent signs are dropped (``50\\%`` = ``50``, and so ``0.5`` is not ``50\\%``); degrees ``^\\circ``/``°``
+  are dropped by math-verify (``30^\\circ`` = ``30``; radians are not degrees).
+* thousands separators ``1,000``, ``10,\\!080``, ``10{,}080``, ``10\\,080`` are one number; ``(1,200)``
+  stays a tuple and ``1, 2`` a set.
+* tuples and intervals keep their brackets (``(-2,1)`` is not ``(-2,1]``); ``x = 3`` and ``x \\in [0,1)``
+  equal ``3`` and ``[0,1)``; ``y = 2x + 3`` is compared as an equation.
+* words (``\\text{Evelyn}``, ``Evelyn``, ``odd``) compare as case-insensitive words, never as products of
+  symbols (``Evenly`` is not ``Evelyn``); multiple choice ``(C)``, ``\\text{(C)}``, ``\\textbf{(C)}``, ``C``
+  are the letter.
+* an answer that is a sentence with math in it ("so $x = 3$") goes to math-verify's own extraction;
+  an answer with unbalanced braces scores 0.0 (a gold one counts as missing).
 
 Verification runs in a pool of worker *processes* (:class:`VerifyPool`). math-verify's own timeouts
 use ``signal.alarm``, which only works on the main thread, while TRL may call rewards from other
@@ -26,7 +47,7 @@ Counters (cumulative per process, thread-safe) are returned by :func:`metrics`:
 ``hard_timeouts``    of those, items whose worker had to be killed
 ``errors``           items whose worker reported an error or died (scored 0.0)
 ``worker_starts``    worker processes started (lazily; restarts included)
-``gold_unparsed``    rows whose gold answer is missing (scored ``None``)
+``gold_unparsed``    rows whose gold answer is missing or has unbalanced braces (scored ``None``)
 
 When TRL passes ``log_metric`` (TRL 1.16 does), the per-batch timeout and error counts are also
 logged as ``math_accuracy/timeouts`` and ``math_accuracy/errors``.
@@ -39,6 +60,7 @@ import json
 import logging
 import os
 import queue
+import re
 import selectors
 import signal
 import subprocess
@@ -47,7 +69,7 @@ import threading
 import time
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._common import column, completion_to_text, extract_answer_tag, gsm8k_gold, last_boxed, last_number
 
@@ -299,12 +321,12 @@ def _shutdown() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# extraction and scoring
+# extraction and normalisation (pure Python, in the calling process)
 
 
 def extract_math_answer(text: str) -> str | None:
-    """The completion's answer as text for math-verify: ``<answer>`` content, else the last
-    ``\\boxed{}`` (kept boxed), else the last number; ``None`` if there is none."""
+    """The completion's answer span: ``<answer>`` content, else the last ``\\boxed{}`` (kept
+    boxed), else the last number; ``None`` if there is none. :func:`_prepare` then reads it as math."""
     tagged = extract_answer_tag(text)
     if tagged is not None:
         return tagged or None
@@ -312,6 +334,111 @@ def extract_math_answer(text: str) -> str | None:
     if boxed is not None:
         return f"\\boxed{{{boxed}}}"
     return last_number(text)
+
+
+_MAX_REWRITE = 1000  # longer spans are prose: they go to math-verify's own extraction unchanged
+# Replaced in order: dollar signs and percent signs go, \dfrac/\tfrac are \frac, a few Unicode symbols.
+_REPLACEMENTS = {"\\$": "", "$": "", "\\%": "", "%": "", "\\dfrac": "\\frac", "\\tfrac": "\\frac", "−": "-"}
+_REPLACEMENTS |= {
+    "°": "^\\circ",
+    "π": "\\pi",
+    "∞": "\\infty",
+    "√": "\\sqrt",
+    "×": "\\times",
+    "≤": "\\le",
+    "≥": "\\ge",
+}
+_TEXT_CMD = r"\\(?:text|textbf|textit|textrm|textnormal|mbox|mathrm)\s*"
+_TEXT_GROUP_RE = re.compile(_TEXT_CMD + r"\{([^{}]*)\}")
+_CONNECTIVE_RE = re.compile(_TEXT_CMD + r"\{\s*(?:and|or)\s*\}")
+_NAMED_GROUP_RE = re.compile(r"\\(?:operatorname|mathbf|mathbb|mathcal|begin|end)\s*\{[^{}]*\}")
+_PREFIX_RE = re.compile(
+    r"^(?:(?:so|thus|hence|therefore),?\s+)?(?:the\s+)?(?:final\s+)?answer\b\s*(?:is\b|:|=)?\s*:?\s*", re.I
+)
+_OUTER_RE = re.compile(r"^\\[\[(]|\\[\])]$")  # \( \) \[ \] around the whole answer
+_DIGIT_SPACE_RE = re.compile(r"(?<=\d)\\[,!;: ](?=\d)")  # 10\,000
+_SPACE_RE = re.compile(r"(?<!\\)\\[,;: ]|~")  # LaTeX spaces, "5\,\text{cm}"
+_POWER = r"(?:\s*\^\s*\{?[23]\}?)?\s*$"  # cm^2, m^3
+# A unit after a number, a closing brace or parenthesis: "5\text{ cm}^2", "12\mbox{ inches}", "18 dollars",
+# "5 cm"; bare words only after a number that is no exponent ("x^2 yz" keeps its variables).
+_UNIT_RES = (
+    re.compile(r"(?<=[\d})])\s*" + _TEXT_CMD + r"\{\s*[A-Za-z][A-Za-z .]*\}" + _POWER),
+    re.compile(
+        r"(?<=[\d})])(?<![\^_]\d)(?<![\^_]\{\d\})(?:\s+(?:[A-Za-z]{3,}|cm|mm|km|kg|ft|in|mi|lb|oz|hr|ml)\.?)+"
+        + _POWER
+    ),
+)
+_AND_RE = re.compile(r"(?<=[^\s{])\s+(?:and|or)\s+(?=[^\s}])")
+_WORDS_RE = re.compile(r"[A-Za-z][A-Za-z' ]*")
+_PROSE_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")  # a word of 3+ letters that is no \command
+
+
+class _Prepared(NamedTuple):
+    """One answer read for comparison."""
+
+    kind: str  # "math" (value is "\\boxed{...}"), "text", or "raw" (prose for math-verify's own extraction)
+    value: str
+    words: str | None  # lower-case words when the answer is letters only (\text{} unwrapped, "(C)" -> "c")
+
+
+def _unwrap_text(s: str) -> str:
+    for _ in range(3):  # \textbf{\text{...}}
+        s = _TEXT_GROUP_RE.sub(lambda m: m.group(1), s)
+    return s
+
+
+def _balanced(s: str) -> bool:
+    depth = 0
+    for ch in s.replace("\\{", "").replace("\\}", ""):
+        depth += (ch == "{") - (ch == "}")
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def _normalise(s: str) -> str:
+    for old, new in _REPLACEMENTS.items():
+        s = s.replace(old, new)
+    s = _OUTER_RE.sub("", s.strip()).strip()
+    s = _PREFIX_RE.sub("", s)
+    s = _DIGIT_SPACE_RE.sub("", s).replace("\\!", "")
+    s = _SPACE_RE.sub(" ", s).strip().rstrip(".").strip()
+    changed = True
+    while changed:
+        changed = False
+        for unit in _UNIT_RES:
+            m = unit.search(s)
+            if m and m.start() > 0:
+                s, changed = s[: m.start()].rstrip(), True
+    return s
+
+
+def _prepare(span: str | None) -> _Prepared | None:
+    """Read one answer span (gold or prediction) for comparison; ``None`` if nothing usable."""
+    try:
+        s = span.strip() if isinstance(span, str) else ""
+        boxed = last_boxed(s)
+        if boxed is not None:
+            s = boxed
+        if len(s) > _MAX_REWRITE:
+            return _Prepared("raw", s, None)
+        s = _normalise(s)
+        if not s or not _balanced(s):
+            return None
+        unwrapped = _unwrap_text(s).replace("\\ ", " ").replace("~", " ").strip().rstrip(".").strip()
+        letter = re.fullmatch(r"\(([A-Za-z])\)", unwrapped)  # multiple choice "(C)"
+        words = letter.group(1) if letter else unwrapped if _WORDS_RE.fullmatch(unwrapped) else None
+        words = " ".join(words.lower().split()) if words else None
+        if words and (unwrapped != s or re.search("[A-Za-z]{3}", words)):
+            return _Prepared("text", s, words)
+        s = _AND_RE.sub(", ", s)  # "2 and 3" is the list "2, 3"
+        bare = _unwrap_text(_NAMED_GROUP_RE.sub(" ", _CONNECTIVE_RE.sub(" ", s)))
+        if _PROSE_RE.search(bare):  # "so $x = 3$": let math-verify find the math in the original
+            return _Prepared("raw", span.strip(), words)
+        return _Prepared("math", f"\\boxed{{{s}}}", words)
+    except Exception:  # malformed model output must never raise
+        logger.debug("could not read answer %r", str(span)[:80], exc_info=True)
+        return None
 
 
 def _plain_decimal(text: str) -> Decimal | None:
@@ -333,17 +460,23 @@ def _score(pairs: list[tuple[str | None, str | None]]) -> tuple[list[float | Non
     batch = dict.fromkeys(_METRIC_NAMES, 0)
     batch["calls"] = len(pairs)
     todo: list[int] = []
-    for i, (gold, pred) in enumerate(pairs):
+    reqs: list[dict] = []
+    for i, (gold_span, pred_span) in enumerate(pairs):
+        gold = _prepare(gold_span) if gold_span is not None else None
         if gold is None:
             batch["gold_unparsed"] += 1
             continue
+        pred = _prepare(pred_span) if pred_span is not None else None
         if pred is None:
             scores[i] = 0.0
-            continue
-        todo.append(i)
+        elif "text" in (gold.kind, pred.kind):  # words compare as words, never as products of symbols
+            scores[i] = float(gold.words is not None and gold.words == pred.words)
+        else:
+            todo.append(i)
+            reqs.append({"op": "verify", "gold": gold.value, "pred": pred.value})
     if todo:
         batch["verified"] = len(todo)
-        replies = _get_pool().map([{"op": "verify", "gold": pairs[i][0], "pred": pairs[i][1]} for i in todo])
+        replies = _get_pool().map(reqs)
         for i, reply in zip(todo, replies, strict=True):
             status = reply.get("status")
             if status == "ok":
@@ -361,7 +494,8 @@ def _score(pairs: list[tuple[str | None, str | None]]) -> tuple[list[float | Non
 
 
 def is_equivalent(gold: str, prediction: str) -> bool:
-    """Whether ``prediction`` (text, e.g. ``"\\boxed{1/2}"`` or ``"0.5"``) equals ``gold`` per math-verify.
+    """Whether ``prediction`` (an answer span, e.g. ``"\\boxed{1/2}"`` or ``"0.5"``) equals ``gold`` (any
+    gold layout: final answer, ``\\boxed{}`` solution, ``#### 42``) under the conventions above.
 
     Runs through the same worker pool (safe from any thread); a timeout counts as not equivalent.
     """
