@@ -27,6 +27,7 @@ an attention mask, as the upstream sampler does for unpadded input.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import io
 import sys
@@ -296,3 +297,114 @@ def test_dream_default_differs_from_llada_schedule(dream):
     P = prompt.shape[1]
     assert _report("dream for_family default L=32 steps=10", ref[:, P:], ours.completion_ids) == 0
     assert not torch.equal(even.completion_ids, ref[:, P:])
+
+
+# --------------------------------------------------------------------------- Fast-dLLM: threshold, caches
+
+
+@pytest.fixture(scope="module")
+def llada_reference_module():
+    """The reference ``llada/generate.py`` module (Fast-dLLM's cached and threshold decoders)."""
+    path = reference_dir() / "llada" / "generate.py"
+    package, stub = types.ModuleType("model"), types.ModuleType("model.modeling_llada")
+    stub.LLaDAModelLM = None
+    package.modeling_llada = stub
+    saved = {name: sys.modules.get(name) for name in ("model", "model.modeling_llada")}
+    sys.modules.update({"model": package, "model.modeling_llada": stub})
+    try:
+        spec = importlib.util.spec_from_file_location("_dlm_trl_reference_llada_generate_fast", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = old
+    return module
+
+
+@pytest.fixture(scope="module")
+def llada_native(checkpoints):
+    """dlm-trl's native LLaDA class on the same checkpoint (it has the block cache the reference's
+    ``past_key_values`` / ``replace_position`` correspond to), with the same mask-logit hook."""
+    from dlm_trl.models.llada import LLaDAModelLM
+
+    module = LLaDAModelLM.from_pretrained(checkpoints["llada"]).eval()
+    mask_id, eos_id = int(module.config.mask_token_id), int(module.config.eos_token_id)
+    handle = _suppress_mask_logit(module, mask_id)
+    yield DLM(module=module, mask_token_id=mask_id, family="llada", eos_token_id=eos_id)
+    handle.remove()
+
+
+SHARPEN = 8.0
+
+
+def _sharpen(_module, _args, output):
+    output.logits.mul_(SHARPEN)
+    return output
+
+
+FAST_CASES = [  # (reference function, our cache, threshold, gen_length, block_length, steps)
+    ("generate", "none", 0.9, 32, 8, 16),
+    ("generate", "none", 0.5, 24, 8, 12),
+    ("generate_with_prefix_cache", "prefix", None, 32, 8, 16),
+    ("generate_with_prefix_cache", "prefix", 0.9, 24, 8, 12),
+    ("generate_with_dual_cache", "dual", None, 32, 8, 16),
+    ("generate_with_dual_cache", "dual", 0.9, 32, 8, 16),
+    ("generate_with_dual_cache", "dual", 0.5, 16, 16, 16),
+]
+
+
+@pytest.mark.parametrize("ref_fn,cache,threshold,gen_length,block_length,steps", FAST_CASES)
+def test_llada_fast_dllm_decoders_equal_reference(
+    llada, llada_native, llada_reference_module, ref_fn, cache, threshold, gen_length, block_length, steps
+):
+    """Fast-dLLM's threshold decoding and prefix / dual caches (``llada/generate.py``), token for token at T = 0.
+
+    The uncached threshold decoder runs on the reference module itself; the cached ones on dlm-trl's
+    native class loaded from the same checkpoint (the reference module's cache is its own format).
+    """
+    ref_module, ref_dlm = llada
+    ours_model = ref_dlm if cache == "none" else llada_native
+    committed_many = differs_from_uncached = 0
+    # Sharper logits (×SHARPEN on both modules) so that confidences cross the thresholds: a random
+    # model's are too flat to ever commit two tokens in one step.
+    hooks = [m.register_forward_hook(_sharpen) for m in (ref_module, llada_native.module)]
+    for i, prompt in enumerate(_prompts(3, seed=11)):
+        ref, _ = getattr(llada_reference_module, ref_fn)(
+            ref_module,
+            prompt,
+            steps=steps,
+            gen_length=gen_length,
+            block_length=block_length,
+            temperature=0.0,
+            remasking="low_confidence",
+            mask_id=ref_dlm.mask_token_id,
+            threshold=threshold,
+        )
+        cfg = SamplerConfig(
+            gen_length=gen_length,
+            block_length=block_length,
+            steps=steps,
+            after_eos="keep",
+            cache=cache,
+            transfer="topk" if threshold is None else "threshold",
+            threshold=0.9 if threshold is None else threshold,
+        )
+        out = generate(ours_model, prompt, config=cfg)
+        P = prompt.shape[1]
+        name = f"llada {ref_fn} threshold={threshold} L={gen_length} K={block_length} prompt{i}"
+        assert _report(name, ref[:, P:], out.completion_ids) == 0
+        if threshold is not None:
+            committed_many += int(out.num_model_calls < gen_length)
+        if cache != "none":  # the cache is an approximation: the test can tell it from the uncached decoder
+            plain = generate(ours_model, prompt, config=dataclasses.replace(cfg, cache="none"))
+            differs_from_uncached += int(not torch.equal(plain.completion_ids, out.completion_ids))
+    for h in hooks:
+        h.remove()
+    if threshold is not None:
+        assert committed_many > 0  # the case exercised steps that commit several tokens
+    print(f"\n[golden] {ref_fn}: {differs_from_uncached}/3 prompts decode differently without the cache", end="")
+    if cache != "none":
+        assert differs_from_uncached > 0

@@ -17,6 +17,11 @@ row computes exactly what it computes alone. Padded *query* rows attend to thems
 fresh keys/values replace the cached ones at ``lo..hi-1`` (in a copy unless
 ``update_cache=True``) and the queries attend to all ``T`` positions. The logits returned are
 those of the ``hi - lo`` block positions.
+
+**logits_to_keep** (a ``forward`` keyword of every model class): ``None`` or ``0`` = the logits of all
+computed positions; an ``int n > 0`` = the last ``n`` of them (transformers' convention); a 1-D
+integer tensor = those positions. Positions count among the computed ones (all ``T``, or the
+``hi - lo`` of a ``cache_span``); the final norm and the output projection run on the kept ones only.
 """
 
 from __future__ import annotations
@@ -144,6 +149,35 @@ def merge_block_kv(
     return cache_k, cache_v
 
 
+def keeps_all_positions(logits_to_keep: int | torch.Tensor | None) -> bool:
+    """Whether ``logits_to_keep`` asks for every computed position (``None`` or ``0``)."""
+    if logits_to_keep is None:
+        return True
+    return not isinstance(logits_to_keep, torch.Tensor) and int(logits_to_keep) == 0
+
+
+def keep_positions(x: torch.Tensor, logits_to_keep: int | torch.Tensor | None) -> torch.Tensor:
+    """``x [B, Q, ...]`` at the positions ``logits_to_keep`` names (see the module docstring): ``[B, K, ...]``.
+
+    ``None`` / ``0`` return ``x`` itself. Raises ``ValueError`` for an ``n`` outside ``1..Q`` or a
+    tensor that is not a 1-D integer index.
+    """
+    if keeps_all_positions(logits_to_keep):
+        return x
+    Q = x.shape[1]
+    if isinstance(logits_to_keep, torch.Tensor):
+        idx = logits_to_keep
+        if idx.dim() != 1 or idx.dtype.is_floating_point or idx.dtype == torch.bool:
+            raise ValueError(
+                f"logits_to_keep tensor must be 1-D integer indices, got shape {list(idx.shape)} {idx.dtype}"
+            )
+        return x[:, idx.to(x.device)]
+    n = int(logits_to_keep)
+    if not 0 < n <= Q:
+        raise ValueError(f"logits_to_keep={n} outside 0..{Q} (the positions this forward computes)")
+    return x[:, Q - n :]
+
+
 @dataclass
 class DiffusionLMOutput(ModelOutput):
     """What the native models return: ``logits [B, Q, V]`` for the ``Q`` computed positions, the loss when
@@ -175,6 +209,8 @@ __all__ = [
     "NoAutoregressiveGenerateMixin",
     "apply_rotary",
     "attend",
+    "keep_positions",
+    "keeps_all_positions",
     "key_padding_bias",
     "merge_block_kv",
     "positions_from_mask",

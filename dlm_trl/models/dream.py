@@ -45,6 +45,8 @@ from dlm_trl.models._layers import (
     NoAutoregressiveGenerateMixin,
     apply_rotary,
     attend,
+    keep_positions,
+    keeps_all_positions,
     key_padding_bias,
     merge_block_kv,
     positions_from_mask,
@@ -287,6 +289,9 @@ class DreamPreTrainedModel(PreTrainedModel):
 class DreamModel(NoAutoregressiveGenerateMixin, DreamPreTrainedModel):
     """Dream's mask predictor with the hub's parameter names: ``f(x) -> logits [B, T, V]``, logit i → token i+1."""
 
+    #: Implements the block key/value cache and ``logits_to_keep`` (contract in :mod:`dlm_trl.models._layers`).
+    supports_block_kv_cache = True
+
     _tied_weights_keys = tied_weights_keys({"lm_head.weight": "model.embed_tokens.weight"})
 
     def __init__(self, config: DreamConfig):
@@ -342,10 +347,16 @@ class DreamModel(NoAutoregressiveGenerateMixin, DreamPreTrainedModel):
         labels: torch.LongTensor | None = None,  # [B, Q] token ids; logit i is scored against label i+1
         inputs_embeds: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor | None = None,  # None / 0 = all Q, n = the last n, or indices
         **kwargs: Any,
     ) -> DreamOutput | tuple:
+        """Logits ``[B, Q, V]`` (logit i predicts token i+1) of all positions, or of ``cache_span`` with a
+        ``kv_cache``, narrowed to ``logits_to_keep`` when given (contracts in :mod:`dlm_trl.models._layers`).
+        ``labels`` give upstream's shifted cross-entropy and cannot be combined with ``logits_to_keep``."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if labels is not None and not keeps_all_positions(logits_to_keep):
+            raise ValueError("labels and logits_to_keep cannot be combined (the loss needs every position)")
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # [B, Q, D]
         B, Q = x.shape[:2]
         if kv_cache is not None:
@@ -362,6 +373,8 @@ class DreamModel(NoAutoregressiveGenerateMixin, DreamPreTrainedModel):
                     f"kv_cache has {len(kv_cache.keys)} layers, the model {len(self.model.layers)}"
                 )
         else:
+            if cache_span is not None:
+                raise ValueError("cache_span needs a kv_cache (from a forward with return_kv_cache=True)")
             lo, hi, T = 0, Q, Q
 
         mask2d = (
@@ -395,7 +408,7 @@ class DreamModel(NoAutoregressiveGenerateMixin, DreamPreTrainedModel):
             if return_kv_cache:
                 keys.append(k)
                 values.append(v)
-        logits = self.lm_head(self.model.norm(x))  # [B, Q, V]
+        logits = self.lm_head(self.model.norm(keep_positions(x, logits_to_keep)))  # [B, K, V]
 
         loss = None
         if labels is not None:
@@ -403,7 +416,9 @@ class DreamModel(NoAutoregressiveGenerateMixin, DreamPreTrainedModel):
             loss = F.cross_entropy(
                 shift_logits, labels[:, 1:].reshape(-1).to(logits.device), ignore_index=-100
             )
-        cache = BlockKVCache(keys, values) if return_kv_cache else None
+        cache = None
+        if return_kv_cache:  # with update_cache the given cache's tensors were written in place: hand it back
+            cache = kv_cache if kv_cache is not None and update_cache else BlockKVCache(keys, values)
         out = DreamOutput(loss=loss, logits=logits, kv_cache=cache)
         return out if return_dict is not False else out.to_tuple()
 

@@ -45,6 +45,8 @@ from ._layers import (
     NoAutoregressiveGenerateMixin,
     apply_rotary,
     attend,
+    keep_positions,
+    keeps_all_positions,
     key_padding_bias,
     merge_block_kv,
     positions_from_mask,
@@ -397,6 +399,7 @@ class LLaDABackbone(nn.Module):
         kv_cache: BlockKVCache | None = None,
         cache_span: tuple[int, int] | None = None,
         update_cache: bool = False,
+        logits_to_keep: int | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, BlockKVCache]:
         cfg, tr = self.config, self.transformer
         x = tr["wte"](input_ids) if inputs_embeds is None else inputs_embeds
@@ -450,7 +453,7 @@ class LLaDABackbone(nn.Module):
             new_cache = kv_cache
         else:
             new_cache = BlockKVCache(keys=keys, values=values)
-        logits = tr["ff_out"](tr["ln_f"](x))
+        logits = tr["ff_out"](tr["ln_f"](keep_positions(x, logits_to_keep)))  # [B, K, V]
         if cfg.scale_logits:
             logits = logits * (1 / math.sqrt(cfg.d_model))
         return logits, new_cache
@@ -509,6 +512,9 @@ class LLaDAPreTrainedModel(PreTrainedModel):
 class LLaDAModelLM(NoAutoregressiveGenerateMixin, LLaDAPreTrainedModel):
     """The mask predictor ``f_θ(x_t) -> logits [B, T, embedding_size]`` (aligned with the input, no shift)."""
 
+    #: Implements the block key/value cache and ``logits_to_keep`` (contract in :mod:`dlm_trl.models._layers`).
+    supports_block_kv_cache = True
+
     _tied_weights_keys = tied_weights_keys(
         {"model.transformer.ff_out.weight": "model.transformer.wte.weight"}
     )
@@ -548,15 +554,20 @@ class LLaDAModelLM(NoAutoregressiveGenerateMixin, LLaDAPreTrainedModel):
         labels: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor | None = None,
         **kwargs,  # use_cache, output_attentions, ... from generic callers: ignored
     ) -> LLaDAModelOutput:
-        """Logits of all positions, or of ``cache_span`` with a ``kv_cache`` (contract in :mod:`._layers`).
+        """Logits of all positions, or of ``cache_span`` with a ``kv_cache``, narrowed to ``logits_to_keep``
+        when given (contracts in :mod:`._layers`).
 
         ``labels`` (same shape as the logits' positions, -100 = ignored) give ``loss``, the mean
-        cross-entropy of the predicted tokens, with no shift (the hub code computes no loss).
+        cross-entropy of the predicted tokens, with no shift (the hub code computes no loss); they
+        cannot be combined with ``logits_to_keep``.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if labels is not None and not keeps_all_positions(logits_to_keep):
+            raise ValueError("labels and logits_to_keep cannot be combined (the loss needs every position)")
         logits, cache = self.model(
             input_ids,
             inputs_embeds=inputs_embeds,
@@ -565,6 +576,7 @@ class LLaDAModelLM(NoAutoregressiveGenerateMixin, LLaDAPreTrainedModel):
             kv_cache=kv_cache,
             cache_span=cache_span,
             update_cache=update_cache,
+            logits_to_keep=logits_to_keep,
         )
         loss = None
         if labels is not None:

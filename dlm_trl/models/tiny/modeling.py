@@ -15,9 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import MaskedLMOutput
 
-from .._layers import NoAutoregressiveGenerateMixin
+from .._layers import (
+    BlockKVCache,
+    DiffusionLMOutput,
+    NoAutoregressiveGenerateMixin,
+    keep_positions,
+    keeps_all_positions,
+    merge_block_kv,
+)
 
 
 class TinyDLMConfig(PretrainedConfig):
@@ -100,19 +106,31 @@ class Block(nn.Module):
         self.up_proj = nn.Linear(d, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, d, bias=False)
 
-    def forward(self, x, cos, sin, attn_bias):
-        B, T, D = x.shape
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, Q, D]
+        cos: torch.Tensor,  # [Q, hd]
+        sin: torch.Tensor,
+        attn_bias: torch.Tensor | None,  # [B, 1, Q, T] additive, or None
+        cached: tuple[torch.Tensor, torch.Tensor] | None = None,  # keys, values [B, H, T, hd]
+        span: tuple[int, int] = (0, 0),
+        inplace: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Output ``[B, Q, D]`` and the keys (rotary applied) / values ``[B, H, T, hd]`` attended to."""
+        B, Q, D = x.shape
         h = self.attn_norm(x)
-        q = self.q_proj(h).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
-        k = self.k_proj(h).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(h).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(h).view(B, Q, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, Q, hd]
+        k = self.k_proj(h).view(B, Q, self.n_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(h).view(B, Q, self.n_heads, self.head_dim).transpose(1, 2)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
+        if cached is not None:
+            k, v = merge_block_kv(cached[0], cached[1], k, v, span[0], span[1], inplace)  # [B, H, T, hd]
         # Bidirectional: no causal mask, only key padding.
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)  # [B, H, T, hd]
-        x = x + self.o_proj(a.transpose(1, 2).reshape(B, T, D))
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)  # [B, H, Q, hd]
+        x = x + self.o_proj(a.transpose(1, 2).reshape(B, Q, D))
         h = self.mlp_norm(x)
-        return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+        return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h)), k, v
 
 
 class TinyDLMPreTrainedModel(PreTrainedModel):
@@ -136,6 +154,9 @@ class TinyDLMPreTrainedModel(PreTrainedModel):
 
 class TinyDLMForMaskedDiffusion(NoAutoregressiveGenerateMixin, TinyDLMPreTrainedModel):
     """Mask predictor ``f_θ(x_t) -> logits [B, T, V]`` aligned with input positions."""
+
+    #: Implements the block key/value cache and ``logits_to_keep`` (contract in :mod:`dlm_trl.models._layers`).
+    supports_block_kv_cache = True
 
     def __init__(self, config: TinyDLMConfig):
         super().__init__(config)
@@ -161,33 +182,80 @@ class TinyDLMForMaskedDiffusion(NoAutoregressiveGenerateMixin, TinyDLMPreTrained
 
     def forward(
         self,
-        input_ids: torch.LongTensor,  # [B, T]
-        attention_mask: torch.Tensor | None = None,  # [B, T], 1 = real token
+        input_ids: torch.LongTensor,  # [B, T], or [B, hi - lo] with a kv_cache
+        attention_mask: torch.Tensor | None = None,  # [B, T] over the whole sequence, 1 = real token
         labels: torch.LongTensor | None = None,
+        kv_cache: BlockKVCache | None = None,
+        cache_span: tuple[int, int] | None = None,
+        return_kv_cache: bool = False,
+        update_cache: bool = False,
+        logits_to_keep: int | torch.Tensor | None = None,
         **kwargs,
-    ) -> MaskedLMOutput:
-        B, T = input_ids.shape
+    ) -> DiffusionLMOutput:
+        """Logits ``[B, Q, V]`` of all positions, or of ``cache_span`` with a ``kv_cache`` (contract in
+        :mod:`dlm_trl.models._layers`), narrowed to ``logits_to_keep`` when given.
+
+        Unlike the native LLaDA / Dream classes, rotary positions are absolute (``0..T-1``, left
+        padding included; ``lo..hi-1`` for a span), as the shipped checkpoint was trained (real tokens
+        compute the same either way: rotary scores depend on offsets only). ``labels`` (shaped like the
+        logits' positions, -100 = ignored) give the mean cross-entropy, no shift; they cannot be
+        combined with ``logits_to_keep``.
+        """
+        B, Q = input_ids.shape
+        if kv_cache is None:
+            if cache_span is not None:
+                raise ValueError("cache_span needs a kv_cache (from a forward with return_kv_cache=True)")
+            T, lo, hi = Q, 0, Q
+        else:
+            if cache_span is None:
+                raise ValueError(
+                    "a kv_cache needs cache_span=(lo, hi): the positions the input_ids stand for"
+                )
+            T = kv_cache.seq_len
+            lo, hi = int(cache_span[0]), int(cache_span[1])
+            if not (0 <= lo < hi <= T) or hi - lo != Q:
+                raise ValueError(
+                    f"cache_span={cache_span} does not fit {Q} input tokens and a cache of {T} positions"
+                )
+            if len(kv_cache.keys) != len(self.layers):
+                raise ValueError(f"kv_cache has {len(kv_cache.keys)} layers, the model {len(self.layers)}")
+        if attention_mask is not None and attention_mask.shape[-1] != T:
+            raise ValueError(
+                f"attention_mask covers {attention_mask.shape[-1]} positions, expected {T} (with a kv_cache "
+                "the mask describes the whole cached sequence)"
+            )
+        if labels is not None and not keeps_all_positions(logits_to_keep):
+            raise ValueError("labels and logits_to_keep cannot be combined (the loss needs every position)")
         if T > self.config.max_position_embeddings:
             raise ValueError(
                 f"sequence of {T} tokens exceeds max_position_embeddings={self.config.max_position_embeddings}; "
                 "shorten the prompt or the generation length"
             )
-        x = self.embed_tokens(input_ids)  # [B, T, D]
+        x = self.embed_tokens(input_ids)  # [B, Q, D]
         hd = self.config.hidden_size // self.config.num_attention_heads
-        cos, sin = _rope(torch.arange(T, device=input_ids.device), hd, self.config.rope_theta)
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        cos, sin = _rope(torch.arange(T, device=input_ids.device), hd, self.config.rope_theta)  # [T, hd]
+        cos, sin = cos[lo:hi].to(x.dtype), sin[lo:hi].to(x.dtype)  # [Q, hd]
         attn_bias = None
         if attention_mask is not None and not bool(attention_mask.all()):
             keep = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, T]
             attn_bias = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(~keep, -math.inf)
             # a fully padded query row must still see something: let it attend to itself
-            attn_bias = attn_bias.expand(B, 1, T, T).clone()
-            diag = torch.arange(T, device=x.device)
-            attn_bias[:, :, diag, diag] = 0.0
-        for layer in self.layers:
-            x = layer(x, cos, sin, attn_bias)
-        logits = self.lm_head(self.norm(x))  # [B, T, V]
+            attn_bias = attn_bias.expand(B, 1, Q, T).clone()  # [B, 1, Q, T]
+            rows = torch.arange(Q, device=x.device)
+            attn_bias[:, :, rows, rows + lo] = 0.0
+        keys, values = [], []
+        for i, layer in enumerate(self.layers):
+            cached = None if kv_cache is None else kv_cache.layer(i)
+            x, k, v = layer(x, cos, sin, attn_bias, cached, (lo, hi), update_cache)
+            if return_kv_cache:
+                keys.append(k)
+                values.append(v)
+        logits = self.lm_head(self.norm(keep_positions(x, logits_to_keep)))  # [B, K, V]
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1), ignore_index=-100)
-        return MaskedLMOutput(loss=loss, logits=logits)
+        cache = None
+        if return_kv_cache:
+            # with update_cache the given cache's tensors were written in place: hand back that object
+            cache = kv_cache if kv_cache is not None and update_cache else BlockKVCache(keys, values)
+        return DiffusionLMOutput(loss=loss, logits=logits, kv_cache=cache)

@@ -91,11 +91,11 @@ def _corpus(task_rows: dict[str, list[dict]], gsm8k_limit: int = 2000) -> list[s
         for r in rows:
             texts.append(r["prompt"][0]["content"])
             texts.append(r["reference"])
-    try:
+    from ...tasks.sources import shared_candidates
+
+    if any((d / "gsm8k").is_dir() for d in shared_candidates()):  # the full data only, never the fixture
         for r in gsm8k.load_rows("train")[:gsm8k_limit]:
             texts += [r["question"], r["answer"]]
-    except FileNotFoundError:
-        pass
     return texts
 
 
