@@ -1,8 +1,10 @@
-"""GSM8K from local JSONL files (no download): ``../shared/data/gsm8k/{train,test}.jsonl``.
+"""GSM8K: ``../shared/data/gsm8k/{train,test}.jsonl`` when present, else the 60-row fixture shipped in
+``dlm_trl/tasks/data/gsm8k``, or any dataset by name or path (:mod:`dlm_trl.tasks.sources`; e.g.
+``--dataset openai/gsm8k --dataset-config main``). Columns: ``question``, ``answer``.
 
 Splits: ``test`` is ``test.jsonl`` (1,319 rows); ``validation`` is the last 500 rows of ``train.jsonl``
 in file order and ``train`` the first 6,973 (:func:`dlm_trl.tasks.splits.carve_validation`), so
-training never sees a validation row.
+training never sees a validation row. (The fixture: 20 test rows; 40 train rows, the last 4 validation.)
 
 Each row keeps the original ``question`` and the full gold ``answer`` text (which ends in
 ``#### <number>``; the reward parses it), and adds ``target`` (the number after ``####``
@@ -11,13 +13,12 @@ as a string, commas removed) and the conversational ``prompt``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
 from .prompts import user_turn
-from .splits import carve_validation, check_split
+from .sources import DataSource, load_split, shared_candidates
 
 _FINAL = re.compile(r"####\s*(.+?)\s*$", re.S)
 
@@ -33,11 +34,7 @@ def extract_final_answer(answer: str) -> str:
 def data_candidates(path: str | os.PathLike | None = None) -> list[Path]:
     """Folders that may hold the shared data, in order: ``path``, ``$DLM_TRL_DATA_DIR``, ``<repo>/../shared/data``,
     ``<repo>/shared/data``, ``../shared/data`` from the working directory."""
-    candidates = [Path(path)] if path is not None else []
-    if os.environ.get("DLM_TRL_DATA_DIR"):
-        candidates.append(Path(os.environ["DLM_TRL_DATA_DIR"]))
-    repo = Path(__file__).resolve().parents[2]
-    return candidates + [repo.parent / "shared" / "data", repo / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    return ([Path(path)] if path is not None else []) + shared_candidates()
 
 
 def data_dir(path: str | os.PathLike | None = None) -> Path:
@@ -52,31 +49,17 @@ def data_dir(path: str | os.PathLike | None = None) -> Path:
     )
 
 
-def load_rows(split: str, path: str | os.PathLike | None = None) -> list[dict]:
+def load_rows(split: str, path: str | os.PathLike | None = None, dataset: DataSource | None = None) -> list[dict]:
     """The rows of ``split`` in file order (``train`` / ``validation``: the train file without / only its last rows)."""
-    check_split(split)
-    file = data_dir(path) / "gsm8k" / f"{'test' if split == 'test' else 'train'}.jsonl"
-    if not file.exists():
-        raise FileNotFoundError(f"{file} is missing")
-    rows = []
-    with open(file) as fh:
-        for i, line in enumerate(fh):
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            missing = {"question", "answer"} - rec.keys()
-            if missing:
-                raise ValueError(f"{file}:{i + 1} lacks column(s) {sorted(missing)}")
-            rows.append(rec)
-    return rows if split == "test" else carve_validation(rows, split)
+    return load_split("gsm8k", split, required=("question", "answer"), data_path=path, source=dataset)
 
 
-def generate(split: str, num_samples: int | None = None, seed: int = 0, data_path=None) -> list[dict]:
+def generate(split: str, num_samples: int | None = None, seed: int = 0, data_path=None, dataset=None) -> list[dict]:
     """The first ``num_samples`` rows of ``split`` (all if None) in file order, or a seeded
     random subset when ``seed`` is not None and ``num_samples`` is smaller than the split."""
     import random
 
-    rows = load_rows(split, data_path)
+    rows = load_rows(split, data_path, dataset)
     if num_samples is not None and num_samples < len(rows):
         rows = random.Random(f"gsm8k-{seed}").sample(rows, num_samples)
     out = []

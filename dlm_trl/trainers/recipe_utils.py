@@ -40,14 +40,14 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from ..evaluation import evaluate
-from ..tasks import get_task
+from ..tasks import DataSource, data_kwargs, get_task
 
 
 @dataclass
 class RecipeArguments:
     """Task, data and evaluation options of a recipe."""
 
-    task: str = field(default="countdown", metadata={"help": "Task: countdown, sudoku, gsm8k or math (see dlm_trl.tasks)."})
+    task: str = field(default="countdown", metadata={"help": "Task: countdown, sudoku, gsm8k, math, humaneval or mbpp (see dlm_trl.tasks)."})
     reward_funcs: list[str] | None = field(
         default=None,
         metadata={"help": "Reward names (entry points of dlm_trl.rewards or 'module:attr'); default: the task's reward."},
@@ -55,6 +55,21 @@ class RecipeArguments:
     num_train_prompts: int = field(default=256, metadata={"help": "Training prompts drawn from the task's train split."})
     prompt_seed: int = field(default=0, metadata={"help": "Seed of the training prompts."})
     data_path: str | None = field(default=None, metadata={"help": "Local data directory (GSM8K, MATH)."})
+    # The dataset of a file task (dlm_trl.tasks.sources); default: data_path, ../shared/data, else the shipped fixture.
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Hugging Face dataset name (e.g. openai/gsm8k) or a local .jsonl/.json/.parquet file or "
+                  "folder, for gsm8k, math, humaneval or mbpp."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "The dataset's configuration (e.g. main)."})
+    dataset_train_split: str = field(
+        default="train", metadata={"help": "Dataset split for training; validation is its last tenth (≤ 500 rows)."}
+    )
+    dataset_test_split: str = field(default="test", metadata={"help": "Dataset split of the test evaluations."})
+    dataset_columns: str | None = field(
+        default=None,
+        metadata={"help": "Task columns from differently named dataset columns: TASK=DATASET,... (e.g. text=prompt)."},
+    )
     eval_samples: int = field(
         default=200,
         metadata={"help": "Test prompts evaluated before training and after it (final and best-on-validation "
@@ -179,8 +194,19 @@ def load_policy(model_args, training_args):
     return model, tokenizer, peft_config
 
 
+def task_data_kwargs(script_args: RecipeArguments) -> dict:
+    """``data_path`` / ``dataset`` keyword arguments of the task's loader, from the recipe's data options."""
+    a = script_args
+    source = DataSource.from_options(
+        a.dataset_name, a.dataset_config, columns=a.dataset_columns,
+        train_split=None if a.dataset_train_split == "train" else a.dataset_train_split,
+        test_split=None if a.dataset_test_split == "test" else a.dataset_test_split,
+    )
+    return data_kwargs(a.task, a.data_path, source)
+
+
 def train_dataset(script_args: RecipeArguments):
-    kwargs = {"data_path": script_args.data_path} if script_args.data_path else {}
+    kwargs = task_data_kwargs(script_args)
     return get_task(script_args.task).dataset("train", script_args.num_train_prompts, seed=script_args.prompt_seed, **kwargs)
 
 
@@ -215,7 +241,7 @@ def heldout_eval(
         split=split,
         batch_size=script_args.eval_batch_size,
         progress=progress,
-        data_path=script_args.data_path,
+        **task_data_kwargs(script_args),
         load_kwargs={
             "family": family or getattr(training_args, "model_family", None),
             "mask_token_id": mask_token_id if mask_token_id is not None else getattr(training_args, "mask_token_id", None),
@@ -562,5 +588,5 @@ def write_report(output_dir: str, report: dict) -> dict:
 __all__ = [
     "ParameterSnapshot", "RecipeArguments", "RecipeProtocol", "RewardCurveCallback", "TimeBudgetCallback",
     "build_report", "heldout_eval", "load_policy", "run_summary", "save_model", "summary_line", "train_dataset",
-    "write_report",
+    "task_data_kwargs", "write_report",
 ]

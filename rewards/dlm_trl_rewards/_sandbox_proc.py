@@ -8,14 +8,16 @@ Executed as a script, never imported by the trainer; standard library only (it r
 The trainer writes two length-prefixed JSON frames to the checker's stdin:
 
 1. ``{"scratch", "tmpfs_mb", "max_output_bytes", "preload", "runner": {...limits...}, "program", "entry_point"}``
-2. ``{"nonce", "helpers", "test"}``
+2. ``{"nonce", "helpers", "test", "units", "aliases"}`` (``units``: null, or ``[[code, scored], ...]``)
 
 *checker* (trusted) reads frame 1 with exact-length reads, so that nothing of frame 2 is in its
 memory yet, imports the standard-library modules the program imports, and forks the *runner*.
 Only then does it read frame 2, execute the dataset's prompt helpers and ``test``, and call
-``check(candidate)``, where ``candidate`` forwards each call to the runner over two pipes
-(arguments and results are plain data). It writes one JSON verdict line, echoing the nonce, to a
-private duplicate of its stdout; the test's own prints go to ``/dev/null``.
+``check(candidate)`` (or, when ``units`` is given, execute each unit, e.g. each MBPP assert, and
+report which scored units ran to their end: ``_run_units``), where ``candidate`` forwards each
+call to the runner over two pipes (arguments and results are plain data). It writes one JSON
+verdict line, echoing the nonce, to a private duplicate of its stdout; the test's own prints go
+to ``/dev/null``.
 
 *runner* (the forked child; untrusted code) lowers its resource limits, applies Landlock, drops
 to the unprivileged uid, closes every descriptor except its two pipes (stdin becomes /dev/null,
@@ -453,6 +455,35 @@ class _Channel:
         return self.output.decode("utf-8", "replace")
 
 
+def _run_units(units: list, aliases: list, namespace: dict, candidate, verdict: dict) -> None:
+    """Execute the trusted test's units (``[code, scored]``) one by one in ``namespace``, where the
+    entry point (and each name of ``aliases``) is ``candidate``. A unit passes when its code runs to
+    its end here, in the checker: every value it compares came back through the plain-data decoder,
+    so the untrusted program decides what ``candidate`` returns but never how a unit is judged.
+
+    ``verdict["units"]`` gets one bool per scored unit, appended as each finishes, so the units
+    judged before a :class:`SandboxLost` (which ends the run: a BaseException) are kept and the
+    rest count as failed. An unscored unit (setup such as ``import`` or an assignment) that raises
+    ends the run too, since later units may need it. ``passed``: every scored unit passed.
+    """
+    for name in aliases:
+        namespace[name] = candidate
+    results: list = []
+    verdict["units"] = results
+    for i, (code, scored) in enumerate(units):
+        try:
+            exec(compile(code, f"<unit {i}>", "exec"), namespace)  # trusted dataset code
+        except Exception:
+            if not scored:
+                return
+            results.append(False)
+            continue
+        if scored:
+            results.append(True)
+    if results and len(results) == sum(1 for _, scored in units if scored) and all(results):
+        verdict.update(passed=True, stage="done")
+
+
 def checker_main() -> None:
     import ctypes
 
@@ -535,6 +566,9 @@ def checker_main() -> None:
             namespace = {"__name__": "__check__"}
         namespace[entry_point] = candidate
         exec(compile(second["test"], "<test>", "exec"), namespace)  # trusted dataset code
+        if second.get("units") is not None:  # MBPP asserts / a split check(): scored one by one
+            _run_units(second["units"], second.get("aliases") or [], namespace, candidate, verdict)
+            return
         check = namespace.get("check")
         if not callable(check):
             verdict["detail"] = "the test does not define check()"

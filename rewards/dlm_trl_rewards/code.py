@@ -1,11 +1,20 @@
-"""HumanEval-style unit-test reward, with every program run in a sandbox.
+"""Unit-test rewards for HumanEval- and MBPP-style rows, with every program run in a sandbox.
 
-Reward ``code_unit_tests(prompts, completions, *, test, entry_point, **columns)``: 1.0 if the
-dataset's ``check(candidate)`` ran to completion against the completion's function, else 0.0.
+Reward ``code_unit_tests(prompts, completions, **columns)``: 1.0 if the row's tests passed against
+the completion's function, else 0.0. ``code_unit_tests_partial`` (opt-in partial credit): the
+fraction of the row's asserts that passed, each judged by the trusted checker as below.
 
-Columns: ``test`` (defines ``check``), ``entry_point`` (the function name) and the code prefix,
-taken from the column ``code_prefix``, else ``prompt`` (when called directly; TRL does not pass the
-``prompt`` column as a keyword), else the prompt itself (a string, or the last message's content).
+Columns of a HumanEval row: ``test`` (defines ``check``), ``entry_point`` (the function name) and
+the code prefix, taken from the column ``code_prefix``, else ``prompt`` (when called directly; TRL
+does not pass the ``prompt`` column as a keyword), else the prompt itself (a string, or the last
+message's content). It passes when ``check(candidate)`` runs to completion; for partial credit the
+top-level statements of ``check`` holding an ``assert`` are scored one by one (``_code_units``).
+
+An MBPP row has a non-empty ``test_list`` (``assert`` strings calling the function by name) and
+an optional ``test_setup_code`` (trusted; run by the checker before the asserts and prepended to
+the program, e.g. imports). Its code prefix is the ``code_prefix`` column or nothing (an MBPP
+prompt is prose), its ``entry_point`` the column or else the first non-builtin function the asserts
+call. Each assert is judged on its own; the row passes when all do. A batch may mix both layouts.
 
 Program: ``prompt + completion`` (the completion continues the function body). If the completion
 defines ``def <entry_point>(`` at the top level, or holds a Markdown code fence (the fenced block
@@ -76,6 +85,12 @@ with the bind mount, or when the interpreter's directory is readable by the sand
 root or user namespaces, only the process, rlimit and Landlock layers remain; the log line names
 what is missing, and ``SandboxConfig.require`` turns a missing layer into an error.
 
+Per-assert scoring keeps these guarantees: a unit (one assert, or one statement of ``check``) is
+executed in the checker, on values that came back through the plain-data decoder, and its outcome
+is recorded there; the runner never holds the units, the list of outcomes or the verdict channel.
+If the runner dies mid-test, the units judged so far stand and the rest fail; a program that runs
+past the timeout scores 0.0 in both modes (no verdict arrives).
+
 Counters (thread-safe, cumulative) are returned by :func:`metrics`: ``programs``, ``passed``,
 ``failed``, ``timeouts``, ``sandbox_errors`` (the sandbox itself failed; scored 0.0) and
 ``too_long`` (completions over ``max_program_chars``, scored 0.0 without running).
@@ -104,10 +119,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ._code_units import UnitPlan, humaneval_plan, mbpp_entry_point, mbpp_plan
 from ._common import column, completion_to_text
 
 __all__ = [
     "code_unit_tests",
+    "code_unit_tests_partial",
     "make_code_unit_tests",
     "SandboxConfig",
     "SandboxResult",
@@ -162,6 +179,13 @@ class SandboxResult:
     detail: str = ""
     output: str = ""
     seconds: float = 0.0
+    units: list[bool] | None = None  # outcome of each scored unit, when run with a UnitPlan
+
+    def fraction(self) -> float:
+        """Share of the scored units that passed (without units: 1.0 if passed, else 0.0)."""
+        if self.units is None:
+            return 1.0 if self.passed else 0.0
+        return sum(self.units) / len(self.units) if self.units else 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -501,6 +525,7 @@ def _run_one(
     slot: int,
     mode: _Mode,
     report: bool = False,
+    plan: UnitPlan | None = None,
 ) -> tuple[SandboxResult, dict]:
     start = time.monotonic()
     uid = sandbox_uid(config, slot) if mode.drop_uid else None
@@ -545,7 +570,9 @@ def _run_one(
             ),
         },
     }
-    second = {"nonce": nonce, "helpers": helpers, "test": test}  # only the checker reads this
+    second = {"nonce": nonce, "helpers": helpers, "test": test, "units": None}  # only the checker reads this
+    if plan is not None:
+        second.update(test=plan.setup, units=[list(u) for u in plan.units], aliases=list(plan.aliases))
     first["report"] = report
     stdin_data = _frame(first) + _frame(second)
     cmd = [*mode.prefix, sys.executable, "-I", "-S", "-B", _PROC_SCRIPT, "checker"]
@@ -601,6 +628,13 @@ def _run_one(
         detail = f"no valid verdict (exit code {proc.returncode}): {err.decode('utf-8', 'replace')[-500:]}"
         return SandboxResult(False, "sandbox_error", detail, seconds=seconds), {}
     passed = verdict.get("passed") is True and proc.returncode == 0
+    units = None
+    if plan is not None:  # the checker's per-unit outcomes; anything malformed counts as all failed
+        n = plan.num_scored
+        got = verdict.get("units")
+        ok = type(got) is list and len(got) <= n and all(type(u) is bool for u in got)
+        units = (got if ok else []) + [False] * (n - (len(got) if ok else 0))
+        passed = passed and ok and n > 0 and all(units)
     return (
         SandboxResult(
             passed,
@@ -608,73 +642,108 @@ def _run_one(
             str(verdict.get("detail", ""))[:1000],
             str(verdict.get("output", ""))[: config.max_output_bytes],
             seconds,
+            units,
         ),
         verdict,
     )
 
 
 def run_check(
-    program: str, test: str, entry_point: str, helpers: str = "", config: SandboxConfig | None = None
+    program: str, test: str, entry_point: str, helpers: str = "", config: SandboxConfig | None = None,
+    plan: UnitPlan | None = None,
 ) -> SandboxResult:
-    """Run ``program`` (untrusted) against ``test``'s ``check(<entry_point>)`` in the sandbox."""
+    """Run ``program`` (untrusted) against ``test``'s ``check(<entry_point>)`` in the sandbox, or, with
+    ``plan``, against its units one by one (``test`` is then ignored: the plan holds the setup)."""
     config = config or SandboxConfig()
     if not 1 <= config.max_workers <= 64:
         raise ValueError(f"max_workers must be in 1..64, got {config.max_workers}")
     if len(program) > config.max_program_chars:
         _count("too_long")
-        return SandboxResult(False, "too_long", f"program longer than {config.max_program_chars} characters")
+        units = [False] * plan.num_scored if plan is not None else None
+        return SandboxResult(False, "too_long", f"program longer than {config.max_program_chars} characters",
+                             units=units)
     isolation(config)
     assert _mode is not None
     slot = _slots.acquire(config.max_workers)
     try:
-        result, _ = _run_one(program, test, helpers, entry_point, config, slot, _mode)
+        result, _ = _run_one(program, test, helpers, entry_point, config, slot, _mode, plan=plan)
     except OSError as err:  # e.g. no space for the scratch directory: score 0, but say so
         logger.warning("code sandbox failed to run a program: %s", err)
         result = SandboxResult(False, "sandbox_error", f"{type(err).__name__}: {err}")
     finally:
         _slots.release(slot)
+    if result.units is None and plan is not None:  # no verdict (timeout, sandbox error): every unit failed
+        result.units = [False] * plan.num_scored
     _count(result.status)
     return result
 
 
-def run_checks(
-    jobs: list[tuple[str, str, str, str]], config: SandboxConfig | None = None
-) -> list[SandboxResult]:
-    """Run ``(program, test, entry_point, helpers)`` jobs, ``config.max_workers`` at a time."""
+def run_checks(jobs: list[tuple], config: SandboxConfig | None = None) -> list[SandboxResult]:
+    """Run ``(program, test, entry_point, helpers[, plan])`` jobs, ``config.max_workers`` at a time."""
     config = config or SandboxConfig()
     if not jobs:
         return []
     isolation(config)  # probe once, before the threads start
     with ThreadPoolExecutor(max_workers=max(1, min(config.max_workers, len(jobs)))) as pool:
-        return list(pool.map(lambda j: run_check(j[0], j[1], j[2], j[3], config), jobs))
+        return list(pool.map(
+            lambda j: run_check(j[0], j[1], j[2], j[3], config, plan=j[4] if len(j) > 4 else None), jobs))
 
 
 # --------------------------------------------------------------------------------------------
 # the reward
 
 
-def make_code_unit_tests(config: SandboxConfig | None = None, name: str = "code_unit_tests"):
-    """A ``code_unit_tests`` reward with its own :class:`SandboxConfig` (``__name__`` = ``name``)."""
+def _row_job(prefix: Any, completion: Any, columns: dict, i: int, partial: bool, name: str) -> tuple:
+    """The sandbox job of row ``i``: MBPP when its ``test_list`` is non-empty, else HumanEval."""
+    entry = columns["entry_point"][i] if "entry_point" in columns else None
+    test_list = columns["test_list"][i] if "test_list" in columns else None
+    text = completion_to_text(completion)
+    if test_list is not None and len(test_list):
+        setup = columns["test_setup_code"][i] if "test_setup_code" in columns else ""
+        plan = mbpp_plan(test_list, setup)
+        entry = str(entry) if entry else mbpp_entry_point(test_list, setup)
+        own = _prompt_text(columns["code_prefix"][i]) if "code_prefix" in columns else ""
+        program, helpers = build_program(own, text, entry)
+        if plan.setup.strip():
+            program = plan.setup + "\n" + program
+        return program, "", entry, helpers, plan
+    if "test" not in columns or entry is None:
+        raise ValueError(
+            f"reward {name!r}: row {i} has neither a non-empty 'test_list' (MBPP) nor "
+            "'test' and 'entry_point' columns (HumanEval)"
+        )
+    test, entry = str(columns["test"][i]), str(entry)
+    program, helpers = build_program(_prompt_text(prefix), text, entry)
+    return program, test, entry, helpers, humaneval_plan(test) if partial else None
+
+
+def make_code_unit_tests(
+    config: SandboxConfig | None = None, name: str | None = None, partial_credit: bool = False
+):
+    """A ``code_unit_tests`` reward with its own :class:`SandboxConfig` (``__name__`` = ``name``).
+
+    ``partial_credit``: score the fraction of a row's asserts that passed instead of 1.0 / 0.0.
+    """
     config = config or SandboxConfig()
+    name = name or ("code_unit_tests_partial" if partial_credit else "code_unit_tests")
 
     def reward(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
         n = len(completions)
-        tests = column(columns, "test", n, name)
-        entry_points = column(columns, "entry_point", n, name)
+        required = () if "test_list" in columns else ("test", "entry_point")  # KeyError naming what is missing
+        for key in ("test", "entry_point", "test_list", "test_setup_code", "code_prefix", "prompt"):
+            if key in columns or key in required:
+                column(columns, key, n, name)  # present, and one value per completion
         if "code_prefix" in columns:
-            prefixes = column(columns, "code_prefix", n, name)
+            prefixes = list(columns["code_prefix"])
         elif "prompt" in columns:
-            prefixes = column(columns, "prompt", n, name)
-        else:
-            if prompts is None or len(prompts) != n:
-                raise ValueError(
-                    f"reward {name!r}: no code prefix (columns 'code_prefix'/'prompt' or prompts)"
-                )
+            prefixes = list(columns["prompt"])
+        elif prompts is not None and len(prompts) == n:
             prefixes = list(prompts)
-        jobs = []
-        for prefix, completion, test, entry in zip(prefixes, completions, tests, entry_points, strict=True):
-            program, helpers = build_program(_prompt_text(prefix), completion_to_text(completion), str(entry))
-            jobs.append((program, str(test), str(entry), helpers))
+        elif "test_list" in columns:  # MBPP rows need no prefix
+            prefixes = [""] * n
+        else:
+            raise ValueError(f"reward {name!r}: no code prefix (columns 'code_prefix'/'prompt' or prompts)")
+        jobs = [_row_job(prefixes[i], completions[i], columns, i, partial_credit, name) for i in range(n)]
         results = run_checks(jobs, config)
         log_metric = columns.get("log_metric")
         if callable(log_metric):
@@ -683,13 +752,19 @@ def make_code_unit_tests(config: SandboxConfig | None = None, name: str = "code_
                 log_metric(f"{name}/sandbox_errors", float(sum(r.status == "sandbox_error" for r in results)))
             except Exception:
                 logger.debug("log_metric failed", exc_info=True)
+        if partial_credit:
+            return [r.fraction() for r in results]
         return [1.0 if r.passed else 0.0 for r in results]
 
     reward.__name__ = reward.__qualname__ = name
     reward.config = config  # type: ignore[attr-defined]
+    reward.partial_credit = partial_credit  # type: ignore[attr-defined]
     return reward
 
 
 code_unit_tests = make_code_unit_tests()
 code_unit_tests.__doc__ = __doc__
 code_unit_tests.__module__ = __name__
+code_unit_tests_partial = make_code_unit_tests(partial_credit=True)
+code_unit_tests_partial.__doc__ = __doc__
+code_unit_tests_partial.__module__ = __name__
