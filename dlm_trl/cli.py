@@ -28,8 +28,19 @@ def _load_kwargs(args: argparse.Namespace) -> dict:
     return kwargs
 
 
+def _dataset(args: argparse.Namespace):
+    """The ``--dataset*`` flags of ``dlm-trl eval`` as a :class:`dlm_trl.tasks.DataSource` (None: the defaults)."""
+    from .tasks import DataSource
+
+    return DataSource.from_options(args.dataset, args.dataset_config, args.dataset_split, args.dataset_columns,
+                                   for_split=args.split)
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, format_table
+    from .sampling import keep_freed_memory
+
+    keep_freed_memory()
 
     load_kwargs = _load_kwargs(args)
     if args.adapter:
@@ -51,10 +62,16 @@ def _eval(args: argparse.Namespace) -> int:
         remasking=args.remasking,
         schedule=args.schedule,
         cfg_scale=args.cfg_scale,
+        rollout=args.rollout,
+        transfer=args.transfer,
+        threshold=args.threshold,
+        cache=args.cache,
+        cache_refresh=args.cache_refresh,
         batch_size=args.batch_size,
         progress=not args.no_progress,
         return_samples=args.samples,
         data_path=args.data_dir,
+        dataset=_dataset(args),
         **kwargs,
     )
     print(format_table([res]))
@@ -91,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", parents=[common], help="evaluate a model on a task (generate + verify)")
     ev.add_argument("--model", default="tiny", help="'tiny' (embedded), a local checkpoint dir, or a hub id")
     ev.add_argument("--adapter", default=None, help="a PEFT adapter directory to load on top of --model")
-    ev.add_argument("--task", default="countdown", help="countdown (default), sudoku, gsm8k or math")
+    ev.add_argument("--task", default="countdown", help="countdown (default), sudoku, gsm8k, math, humaneval or mbpp")
     ev.add_argument("--num-samples", type=int, default=200)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument(
@@ -112,6 +129,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="tokens committed per step: even (LLaDA) or dream_linspace (Dream); default: the model family's",
     )
     ev.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale (0 = off)")
+    # The decoder (dlm_trl.sampling: transfer rules and key/value caches).
+    ev.add_argument(
+        "--rollout", default=None, choices=["plain", "fast"],
+        help="a decoder preset: plain (every row --steps forwards) or fast (the recommended parallel decoder, "
+        "docs/rollout_speed.md); --transfer/--threshold/--cache override it",
+    )
+    ev.add_argument(
+        "--transfer", default=None, choices=["topk", "threshold", "factor"],
+        help="tokens committed per step: topk (the schedule's count; default), threshold (every token with "
+        "confidence >= --threshold, at least one) or factor (Fast-dLLM's factor rule)",
+    )
+    ev.add_argument("--threshold", type=float, default=None, help="confidence threshold of --transfer threshold (0.9)")
+    ev.add_argument(
+        "--cache", default=None, choices=["none", "prefix", "dual"],
+        help="key/value cache (native LLaDA/Dream and the embedded model): none (default), prefix or dual",
+    )
+    ev.add_argument("--cache-refresh", type=int, default=None, help="rebuild the cache every N steps of a block")
     ev.add_argument("--batch-size", type=int, default=50)
     ev.add_argument("--device", default=None, help="e.g. cuda, cpu (default: where the model loads)")
     ev.add_argument(
@@ -133,6 +167,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--attn-implementation", default=None, help="e.g. sdpa, eager (transformers' attn_implementation)")
     ev.add_argument("--data-dir", default=None, help="folder holding gsm8k/ or math/ (default ../shared/data)")
+    # The data of a file task (gsm8k, math, humaneval, mbpp): dlm_trl.tasks.sources.
+    ev.add_argument(
+        "--dataset", default=None,
+        help="a Hugging Face dataset name (e.g. openai/gsm8k) or a local .jsonl/.json/.parquet file or folder "
+        "(default: --data-dir, else ../shared/data, else the small fixture shipped in dlm_trl/tasks/data)",
+    )
+    ev.add_argument("--dataset-config", default=None, help="the dataset's configuration (e.g. main for openai/gsm8k)")
+    ev.add_argument(
+        "--dataset-split", default=None,
+        help="the dataset split to read (default: test for --split test, train for train/validation)",
+    )
+    ev.add_argument(
+        "--dataset-columns", default=None,
+        help="task columns from differently named dataset columns: TASK=DATASET,... (e.g. text=prompt)",
+    )
     ev.add_argument("--output", default=None, help="write the results as JSON here")
     ev.add_argument("--samples", action="store_true", help="include every completion in the JSON")
     ev.add_argument("--no-progress", action="store_true")

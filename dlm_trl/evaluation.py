@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .sampling import SamplerConfig, generate
-from .tasks import FILE_TASKS, get_task
+from .sampling import SamplerConfig, generate, rollout_overrides
+from .tasks import DataSource, data_kwargs, get_task
 
 
 def encode_prompts(tokenizer, prompts: list, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,9 +64,13 @@ def decode_completions(tokenizer, completion_ids: torch.Tensor, completion_mask:
 def sampler_config_for(
     task: str, family: str, *, gen_length: int | None = None, block_length: int | None = None,
     steps: int | None = None, temperature: float = 0.0, remasking: str | None = None,
-    schedule: str | None = None, cfg_scale: float = 0.0,
+    schedule: str | None = None, cfg_scale: float = 0.0, rollout: str | None = None,
+    transfer: str | None = None, threshold: float | None = None, cache: str | None = None,
+    cache_refresh: int | None = None,
 ) -> SamplerConfig:
-    """The evaluation sampler: the task's lengths, ``steps = gen_length / 2`` (d1), the family's rules."""
+    """The evaluation sampler: the task's lengths, ``steps = gen_length / 2`` (d1), the family's rules,
+    and the decoder of a ``rollout`` preset (:data:`~dlm_trl.sampling.ROLLOUT_PRESETS`) or of the explicit
+    ``transfer`` / ``threshold`` / ``cache`` / ``cache_refresh`` (explicit values win)."""
     t_task = get_task(task)
     gen_length = gen_length or t_task.gen_length
     if block_length is None and family != "dream":
@@ -74,6 +78,8 @@ def sampler_config_for(
     nb = gen_length // (block_length or gen_length)
     steps = steps or max(nb, gen_length // 2 // nb * nb)
     overrides = {"remasking": remasking, "schedule": schedule, "block_length": block_length}
+    overrides.update(rollout_overrides(
+        rollout, transfer=transfer, threshold=threshold, cache=cache, cache_refresh=cache_refresh))
     return SamplerConfig.for_family(
         family,
         gen_length=gen_length,
@@ -91,16 +97,19 @@ def row_generator(seed: int, index: int) -> torch.Generator:
 
 def sample_rows(
     model, tokenizer, rows: list[dict], indices: list[int], config: SamplerConfig, *, seed: int,
-    batch_size: int = 50, bar=None,
+    batch_size: int = 50, bar=None, sync_ranks: bool = False, nfe: list | None = None,
 ) -> tuple[list[str], int]:
     """Completions of ``rows`` (row ``k`` sampled with :func:`row_generator` ``(seed, indices[k])``) in
-    ``ceil(len(rows) / batch_size)`` sampler calls; returns ``(completions, generated tokens)``."""
+    ``ceil(len(rows) / batch_size)`` sampler calls; returns ``(completions, generated tokens)``. Each row's
+    number of forward passes is appended to ``nfe`` when given. ``sync_ranks``: see :func:`generate`."""
     completions, gen_tokens = [], 0
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         ids, att = encode_prompts(tokenizer, [r["prompt"] for r in chunk], device=model.device)
         gens = [row_generator(seed, i) for i in indices[start : start + batch_size]]
-        out = generate(model, ids, config=config, prompt_attention_mask=att, generator=gens)
+        out = generate(model, ids, config=config, prompt_attention_mask=att, generator=gens, sync_ranks=sync_ranks)
+        if nfe is not None:
+            nfe += out.row_nfe.tolist()
         completions += decode_completions(tokenizer, out.completion_ids, out.completion_mask)
         gen_tokens += out.completion_ids.numel()
         if bar is not None:
@@ -151,12 +160,18 @@ def evaluate(
     remasking: str | None = None,
     schedule: str | None = None,
     cfg_scale: float = 0.0,
+    rollout: str | None = None,
+    transfer: str | None = None,
+    threshold: float | None = None,
+    cache: str | None = None,
+    cache_refresh: int | None = None,
     batch_size: int = 50,
     device: str | None = None,
     load_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
     return_samples: bool = False,
     data_path: str | None = None,
+    dataset: DataSource | None = None,
     rows: list[dict] | None = None,
     accelerator=None,
     gather_deepspeed3_params: bool = True,
@@ -164,8 +179,11 @@ def evaluate(
 ) -> dict[str, Any]:
     """Accuracy of ``model`` (a :class:`~dlm_trl.models.DLM`, or loaded from
     ``model_name_or_path`` with ``load_kwargs`` passed to :func:`dlm_trl.models.load`) on
-    ``num_samples`` rows of ``split`` of ``task`` (or on ``rows`` when given). ``remasking`` /
-    ``schedule`` left unset take the model family's defaults (:meth:`SamplerConfig.for_family`).
+    ``num_samples`` rows of ``split`` of ``task`` (or on ``rows`` when given); a file task reads
+    ``dataset`` / ``data_path`` (:mod:`dlm_trl.tasks.sources`). ``remasking`` /
+    ``schedule`` left unset take the model family's defaults (:meth:`SamplerConfig.for_family`);
+    ``rollout`` / ``transfer`` / ``threshold`` / ``cache`` / ``cache_refresh`` choose the decoder
+    (:func:`sampler_config_for`).
 
     ``accelerator``: evaluate distributed over its processes (module docstring). ``model`` is then
     what the trainer trains (``trainer.model_wrapped``: a DDP module, a DeepSpeed engine, a PEFT
@@ -186,7 +204,7 @@ def evaluate(
     lk = load_kwargs or {}
     if rows is None:
         t_task = get_task(task)
-        kwargs = {"data_path": data_path} if task in FILE_TASKS and data_path else {}
+        kwargs = data_kwargs(task, data_path, dataset)
         rows = t_task.rows(split, num_samples, seed=seed, **kwargs)
     else:
         t_task = get_task(task)
@@ -203,14 +221,17 @@ def evaluate(
         config = sampler_config_for(
             task, dlm.family, gen_length=gen_length, block_length=block_length, steps=steps,
             temperature=temperature, remasking=remasking, schedule=schedule, cfg_scale=cfg_scale,
+            rollout=rollout, transfer=transfer, threshold=threshold, cache=cache, cache_refresh=cache_refresh,
         )
         was_training = getattr(dlm.module, "training", False)
         if hasattr(dlm.module, "eval"):
             dlm.module.eval()
         bar = tqdm(total=len(my_rows), desc=f"eval {task} ({split})", disable=not (progress and main), unit="sample")
         try:
+            row_nfe: list[int] = []
             completions, gen_tokens = sample_rows(
-                dlm, tokenizer, my_rows, indices, config, seed=seed, batch_size=batch_size, bar=bar)
+                dlm, tokenizer, my_rows, indices, config, seed=seed, batch_size=batch_size, bar=bar,
+                sync_ranks=world > 1, nfe=row_nfe)
         finally:
             bar.close()
             if was_training:
@@ -221,9 +242,12 @@ def evaluate(
     if accelerator is not None:
         from accelerate.utils import gather_object
 
-        local = gather_object(local + [(-1, "", float(gen_tokens))])
-        gen_tokens = sum(int(s) for i, _, s in local if i < 0)
+        local = gather_object(local + [(-1, "", float(gen_tokens)), (-2, "", float(sum(row_nfe)))])
+        gen_tokens = sum(int(s) for i, _, s in local if i == -1)
+        nfe_total = sum(s for i, _, s in local if i == -2)
         local = [x for x in local if x[0] >= 0]
+    else:
+        nfe_total = float(sum(row_nfe))
     local.sort(key=lambda x: x[0])
     if [x[0] for x in local] != list(range(len(rows))):
         raise RuntimeError(f"distributed evaluation lost rows: got {len(local)} results for {len(rows)} rows")
@@ -250,7 +274,12 @@ def evaluate(
             "remasking": config.remasking,
             "schedule": config.schedule,
             "cfg_scale": cfg_scale,
+            "transfer": config.transfer,
+            "threshold": config.threshold if config.transfer == "threshold" else None,
+            "cache": config.cache,
+            "cache_refresh": config.cache_refresh,
         },
+        "nfe_per_sample": round(nfe_total / max(1, len(my_rows) * world), 2),
     }
     if return_samples:
         result["samples"] = [
@@ -264,12 +293,12 @@ def evaluate(
 def format_table(results: list[dict[str, Any]]) -> str:
     """A markdown table of evaluation results."""
     lines = [
-        "| task | model | samples | accuracy | mean reward | seconds | tokens/s |",
-        "|---|---|---|---|---|---|---|",
+        "| task | model | samples | accuracy | mean reward | seconds | tokens/s | NFE/sample |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['task']} | {r['model']} | {r['num_samples']} | {100 * r['accuracy']:.1f}% | "
-            f"{r['mean_reward']:.3f} | {r['seconds']:.1f} | {r['tokens_per_second']:.0f} |"
+            f"{r['mean_reward']:.3f} | {r['seconds']:.1f} | {r['tokens_per_second']:.0f} | {r.get('nfe_per_sample', '')} |"
         )
     return "\n".join(lines)

@@ -30,6 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from trl import ModelConfig, TrlParser  # noqa: E402
 
 from dlm_trl.rewards import resolve_rewards  # noqa: E402
+from dlm_trl.sampling import keep_freed_memory  # noqa: E402
 from dlm_trl.tasks import get_task  # noqa: E402
 from dlm_trl.trainers import GDPOConfig, GDPOTrainer  # noqa: E402
 from dlm_trl.trainers.recipe_utils import (  # noqa: E402
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.set_defaults_with_config(**TINY_DEFAULTS)
     script_args, training_args, model_args = parser.parse_args_and_config(argv)
     set_torch_threads(script_args.torch_threads)
+    keep_freed_memory()  # dlm_trl.sampling.memory: page faults were half of a rollout's time
 
     reward_funcs = resolve_rewards(script_args.reward_funcs or [get_task(script_args.task).reward])
     model, tokenizer, peft_config = load_policy(model_args, training_args)

@@ -146,7 +146,7 @@ from ._names import (
     SCHEDULES,
     TRANSFERS,
 )
-from .config import SamplerConfig, SamplerOutput
+from .config import ROLLOUT_PRESETS, SamplerConfig, SamplerOutput, rollout_overrides
 from .loop import generate
 from .memory import keep_freed_memory, minor_page_faults
 from .schedules import (
@@ -165,6 +165,7 @@ __all__ = [
     "DYNAMIC_TRANSFERS",
     "REMASKING_STRATEGIES",
     "SAMPLER_FAMILIES",
+    "ROLLOUT_PRESETS",
     "SCHEDULES",
     "TRANSFERS",
     "SamplerConfig",
@@ -174,6 +175,7 @@ __all__ = [
     "keep_freed_memory",
     "minor_page_faults",
     "num_transfer_tokens",
+    "rollout_overrides",
     "schedule_times",
     "transfer_counts",
     "unmask_fractions",

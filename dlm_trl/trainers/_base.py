@@ -322,7 +322,7 @@ class _DLMTrainerBase(
                 with self.accelerator.autocast(), self._rollout_autocast(device):
                     out = generate(
                         self.as_dlm(unwrapped), ids, config=self.sampler_config, prompt_attention_mask=attn,
-                        generator=gens,
+                        generator=gens, sync_ranks=self.accelerator.num_processes > 1,
                     )
             except torch.OutOfMemoryError as err:
                 raise torch.OutOfMemoryError(
@@ -332,7 +332,8 @@ class _DLMTrainerBase(
             finally:
                 unwrapped.train(was_training)
         self.seconds_counts["sampler"] += time.perf_counter() - t0
-        self.nfe_counts["sampler"] += out.nfe * B
+        self.nfe_counts["sampler"] += int(out.row_nfe.sum()) if out.row_nfe is not None else out.nfe * B
+        self._metrics["train" if self.model.training else "eval"]["sampler/nfe_per_row"].append(out.mean_nfe)
         self._rollout = out
         lengths = out.completion_mask.sum(1).tolist()
         completion_ids = [row[: int(n)] for row, n in zip(out.completion_ids.cpu().tolist(), lengths, strict=True)]

@@ -19,7 +19,7 @@ from trl import GRPOConfig
 
 from ..models import FAMILIES
 from ..registry import PluginNotFoundError, load_estimator
-from ..sampling import AFTER_EOS, REMASKING_STRATEGIES, SamplerConfig
+from ..sampling import AFTER_EOS, REMASKING_STRATEGIES, SamplerConfig, rollout_overrides
 
 MASK_SCHEDULES = ("fresh", "fixed")
 REFERENCES = ("initial", "none")
@@ -135,6 +135,40 @@ class DLMConfig(GRPOConfig):
             "sampler's default for the model family (today 'eos' for every family)."
         },
     )
+    rollout: str | None = field(
+        default=None,
+        metadata={
+            "help": "A named rollout decoder preset (dlm_trl.sampling.ROLLOUT_PRESETS): 'plain' (the count-based "
+            "sampler, every row diffusion_steps forwards) or 'fast' (confidence-threshold parallel decoding, see "
+            "docs/rollout_speed.md). Sets rollout_transfer / rollout_threshold / rollout_cache; explicit values of "
+            "those fields win. None: the fields as given."
+        },
+    )
+    rollout_transfer: str | None = field(
+        default=None,
+        metadata={
+            "help": "How many masked tokens a sampler step commits: 'topk' (the schedule's count, diffusion_steps "
+            "forwards), 'threshold' (every token whose confidence reaches rollout_threshold, at least one: "
+            "Fast-dLLM) or 'factor' (Fast-dLLM's factor rule). None: the preset's, else 'topk'."
+        },
+    )
+    rollout_threshold: float | None = field(
+        default=None, metadata={"help": "Confidence threshold of rollout_transfer='threshold' (None: preset's, else 0.9)."}
+    )
+    rollout_factor: float | None = field(
+        default=None, metadata={"help": "Factor of rollout_transfer='factor' (None: preset's, else 1.0)."}
+    )
+    rollout_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "Key/value cache of the rollout sampler: 'none', 'prefix' or 'dual' (Fast-dLLM; approximate, "
+            "see docs/rollout_speed.md). None: the preset's, else 'none'."
+        },
+    )
+    rollout_cache_refresh: int | None = field(
+        default=None,
+        metadata={"help": "With a rollout cache, rebuild it by a full forward every this many steps inside a block."},
+    )
     drop_flat_groups: bool = field(
         default=False,
         metadata={
@@ -209,7 +243,10 @@ class DLMConfig(GRPOConfig):
     )
 
     # Options of GRPOConfig that the DLM trainers do not implement: their neutral values and what to do instead.
-    _SAMPLER = "the diffusion sampler has no such option (its knobs: temperature, remasking, schedule, block_length, diffusion_steps)"
+    _SAMPLER = (
+        "the diffusion sampler has no such option (its knobs: temperature, remasking, schedule, block_length, "
+        "diffusion_steps, rollout, rollout_transfer, rollout_threshold, rollout_cache)"
+    )
     _UNSUPPORTED = {
         "use_vllm": (False, "rollouts come from the diffusion sampler (dlm_trl.sampling); vLLM cannot sample a masked diffusion LM"),
         "use_transformers_continuous_batching": (False, "rollouts come from the diffusion sampler, not transformers' generate"),
@@ -219,7 +256,7 @@ class DLMConfig(GRPOConfig):
         "min_p": (None, _SAMPLER),
         "repetition_penalty": (1.0, _SAMPLER),
         "generation_kwargs": (None, _SAMPLER),
-        "cache_implementation": (None, _SAMPLER + "; its KV cache is internal"),
+        "cache_implementation": (None, _SAMPLER + "; its KV cache is rollout_cache"),
         "max_tool_calling_iterations": (None, "the diffusion sampler generates one turn: no tools or environments"),
         "top_entropy_quantile": (1.0, "the likelihood estimators return no per-token entropies"),
         "entropy_coef": (0.0, "the likelihood estimators return no per-token entropies"),
@@ -286,6 +323,10 @@ class DLMConfig(GRPOConfig):
             half = max(nb, (self.gen_length // 2) // nb * nb)
             self.diffusion_steps = half
         try:
+            rollout_overrides(self.rollout)
+        except ValueError as err:
+            raise ValueError(f"{type(self).__name__}: {err}") from None
+        try:
             self.sampler_config()
         except ValueError as err:
             raise ValueError(
@@ -312,6 +353,14 @@ class DLMConfig(GRPOConfig):
             for k, v in (("remasking", self.remasking), ("schedule", self.schedule), ("after_eos", self.after_eos))
             if v is not None
         }
+        overrides.update(rollout_overrides(
+            self.rollout,
+            transfer=self.rollout_transfer,
+            threshold=self.rollout_threshold,
+            factor=self.rollout_factor,
+            cache=self.rollout_cache,
+            cache_refresh=self.rollout_cache_refresh,
+        ))
         return SamplerConfig.for_family(
             family or self.model_family or "llada",
             gen_length=int(self.gen_length),
