@@ -134,3 +134,37 @@ def test_recipe_runs_t_interval():
     assert recipe_runs.t975(1) == 12.706 and recipe_runs.t975(2) == 4.303 and recipe_runs.t975(1000) == 1.96
     assert recipe_runs.paired_gain([1.0, 2.0, 3.0]) == "+2.00 ± 1.00 (n=3; 95 % CI [-0.48, +4.48])"
     assert recipe_runs.paired_gain([]) == "–"
+
+
+def _load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rollout_speed_parses_contenders_and_mcnemar():
+    rs = _load_benchmark("rollout_speed")
+    assert rs.parse_contender("plain") == {} and rs.parse_contender("today") == {}
+    assert rs.parse_contender("thr0.9+dual+r4") == {"transfer": "threshold", "threshold": 0.9, "cache": "dual",
+                                                    "cache_refresh": 4}
+    assert rs.parse_contender("factor1") == {"transfer": "factor", "factor": 1.0}
+    with pytest.raises(SystemExit, match="unknown contender part"):
+        rs.parse_contender("thr0.9+duel")
+    # exact McNemar: 0 vs 6 discordant pairs → p = 2 / 2^6
+    a, b = [True] * 6 + [False] * 4, [False] * 6 + [False] * 4
+    assert rs.mcnemar_p(a, b) == pytest.approx(2 / 64)
+    assert rs.mcnemar_p(a, a) == 1.0
+
+
+@pytest.mark.skipif(not (ROOT / "dlm_trl" / "models" / "tiny" / "checkpoint" / "model.safetensors").exists(),
+                    reason="embedded checkpoint missing")
+def test_rollout_speed_end_to_end_small(tmp_path, capsys):
+    rs = _load_benchmark("rollout_speed")
+    out = tmp_path / "rs"
+    rs.main(["--contenders", "plain,thr0.9+dual", "--batches", "8", "--repeats", "1", "--accuracy_samples", "8",
+             "--pass_samples", "2", "--threads", "1", "--out", str(out)])
+    table = out.with_suffix(".md").read_text()
+    assert "| thr0.9+dual |" in table and "| plain |" in table
+    data = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert data["plain"]["speed"]["8"]["nfe"] == 24.0 and data["thr0.9+dual"]["speed"]["8"]["nfe"] < 24

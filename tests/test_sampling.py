@@ -1,4 +1,4 @@
-"""Tests of the block sampler (dlm_trl/sampling.py, ALGORITHMS.md §3): LLaDA's and Dream's
+"""Tests of the block sampler (dlm_trl/sampling/, ALGORITHMS.md §3): LLaDA's and Dream's
 schedules and unmasking rules.
 
 Most tests use small in-process mock models whose logits are fixed functions of the
