@@ -230,7 +230,7 @@ def main(argv=None) -> None:
         print(f"[accuracy] {n}: greedy {100 * results[n].get('greedy', {}).get('accuracy', float('nan')):.1f}% "
               f"pass@8 {100 * results[n].get('t1', {}).get('pass@8', float('nan')):.1f}% ({time.time() - t0:.0f}s)",
               flush=True)
-    if "plain" in results:
+    if "plain" in results and "today" in results:
         results["today"]["greedy"] = results["plain"].get("greedy")
         results["today"]["t1"] = results["plain"].get("t1")
     write(results, names, batches, args, time.time() - t_start)

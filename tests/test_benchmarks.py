@@ -162,8 +162,8 @@ def test_rollout_speed_parses_contenders_and_mcnemar():
 def test_rollout_speed_end_to_end_small(tmp_path, capsys):
     rs = _load_benchmark("rollout_speed")
     out = tmp_path / "rs"
-    rs.main(["--contenders", "plain,thr0.9+dual", "--batches", "8", "--repeats", "1", "--accuracy_samples", "8",
-             "--pass_samples", "2", "--threads", "1", "--out", str(out)])
+    rs.main(["--contenders", "plain,thr0.9+dual", "--batches", "8", "--repeats", "1", "--accuracy_samples", "4",
+             "--pass_samples", "1", "--threads", "1", "--out", str(out)])
     table = out.with_suffix(".md").read_text()
     assert "| thr0.9+dual |" in table and "| plain |" in table
     data = json.loads(out.with_suffix(".json").read_text())["results"]
