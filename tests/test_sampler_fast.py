@@ -320,3 +320,23 @@ def test_block_only_logits_do_not_change_the_default_sampler(name):
     a = generate(model, ids, config=cfg, prompt_attention_mask=att, generator=_row_gens(3))
     b = generate(Plain(), ids, config=cfg, prompt_attention_mask=att, generator=_row_gens(3))
     assert torch.equal(a.completion_ids, b.completion_ids)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_caches_run_under_bf16_autocast(name, cache):
+    """The recipes' bf16 rollouts: cached keys/values come out of autocast in bf16 and are merged with fresh ones;
+    with a very low threshold each block is one full forward, so the cached decode equals the uncached one."""
+    model = MODELS[name]()
+    ids, att = _padded_prompts(model)
+    base = dict(gen_length=16, block_length=8, steps=8, temperature=1.0, transfer="threshold", after_eos="keep")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = generate(model, ids, config=SamplerConfig(cache=cache, threshold=0.3, **base), prompt_attention_mask=att,
+                       generator=_row_gens(3))
+        one = generate(model, ids, config=SamplerConfig(cache=cache, threshold=1e-9, **base), prompt_attention_mask=att,
+                       generator=_row_gens(3))
+        ref = generate(model, ids, config=SamplerConfig(threshold=1e-9, **base), prompt_attention_mask=att,
+                       generator=_row_gens(3))
+    assert (out.completion_ids != model.mask_token_id).all()
+    assert torch.isfinite(out.commit_logprob).all()
+    assert torch.equal(one.completion_ids, ref.completion_ids)
