@@ -37,7 +37,7 @@ def _dataset(args: argparse.Namespace):
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate, format_table
+    from .evaluation import evaluate_lengths, format_table
     from .sampling import keep_freed_memory
 
     keep_freed_memory()
@@ -50,12 +50,13 @@ def _eval(args: argparse.Namespace) -> int:
         kwargs = {"model": model, "tokenizer": tok, "model_name_or_path": f"{args.model}+{args.adapter}"}
     else:
         kwargs = {"model_name_or_path": args.model, "device": args.device, "load_kwargs": load_kwargs}
-    res = evaluate(
+    out = evaluate_lengths(
         args.task,
+        args.gen_length,
+        protocol=args.protocol,
         num_samples=args.num_samples,
         seed=args.seed,
         split=args.split,
-        gen_length=args.gen_length,
         block_length=args.block_length,
         steps=args.steps,
         temperature=args.temperature,
@@ -74,7 +75,12 @@ def _eval(args: argparse.Namespace) -> int:
         dataset=_dataset(args),
         **kwargs,
     )
-    print(format_table([res]))
+    if len(out["results"]) == 1:  # one length: the single-result table and JSON layout
+        res = out["results"][0]
+        print(format_table([res]))
+    else:  # a row per length, their average, and all of it in the JSON
+        res = out
+        print(format_table(out["results"], average=out["average"]))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(res, indent=2) + "\n")
@@ -115,10 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", default="test", choices=["train", "validation", "test"],
         help="test (default; report this), validation (choose on this) or train (dlm_trl.tasks.splits)",
     )
-    ev.add_argument("--gen-length", type=int, default=None, help="completion tokens (default: the task's)")
-    ev.add_argument("--block-length", type=int, default=None, help="default: the task's (32 for real models)")
+    ev.add_argument(
+        "--gen-length", default=None,
+        help="completion tokens, or a comma list (e.g. 128,256,512): one row per length and their average "
+        "(default: the --protocol's lengths, else the task's)",
+    )
+    ev.add_argument(
+        "--protocol", default=None, choices=["d1"],
+        help="the papers' evaluation protocol: d1 = lengths 128,256,512, block 32, steps = length/2, temperature 0 "
+        "(--gen-length/--block-length/--steps/--temperature override it)",
+    )
+    ev.add_argument("--block-length", type=int, default=None, help="default: the protocol's, else the task's")
     ev.add_argument("--steps", type=int, default=None, help="denoising steps (default gen_length/2, as d1)")
-    ev.add_argument("--temperature", type=float, default=0.0)
+    ev.add_argument("--temperature", type=float, default=None, help="default 0 (greedy)")
     ev.add_argument(
         "--remasking", default=None,
         help="which masked positions to commit first: low_confidence, random, margin, entropy, origin "

@@ -13,12 +13,30 @@ under DeepSpeed ZeRO-3 it is a collective), and the per-row results are gathered
 batch size (the last shard is padded with a dummy row whose result is dropped), so collectives
 inside the model line up. Because row ``i`` keeps its generator and a row's output does not depend
 on the rows batched with it, the accuracy equals the single-process one.
+
+**Several lengths, the papers' protocol.** :func:`evaluate_lengths` evaluates the same rows at each of
+``gen_lengths`` (model and data loaded once) and returns every result and their average, as the tables
+of d1 / wd1 report them::
+
+    from dlm_trl.evaluation import evaluate_lengths, format_table
+    out = evaluate_lengths("gsm8k", protocol="d1", model_name_or_path="GSAI-ML/LLaDA-8B-Instruct")
+    print(format_table(out["results"], average=out["average"]))
+
+``protocol="d1"`` (:data:`EVAL_PROTOCOLS`; d1, arXiv 2504.12216, §4) is lengths 128/256/512, block 32,
+``steps = gen_length / 2``, temperature 0 — the same for GSM8K, MATH, Countdown, Sudoku, HumanEval and
+MBPP; explicit ``gen_lengths`` / ``block_length`` / ``steps`` / ``temperature`` override it, and every
+other argument of :func:`evaluate` (the decoder: ``rollout``, ``transfer``, ``cache`` …) applies to every
+length. Every length's sampler and the model's positions (``prompt + gen_length`` ≤ the model's
+``max_position_embeddings``) are checked before anything is generated, so a bad length is one error, not
+a crash after the first length; the embedded tiny model (512 positions) cannot run the 512 of d1.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,6 +51,16 @@ def encode_prompts(tokenizer, prompts: list, device=None) -> tuple[torch.Tensor,
 
     A prompt is a list of chat messages (TRL's conversational format) or a plain string.
     """
+    ids = prompt_token_ids(tokenizer, prompts)
+    P = max(len(x) for x in ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.tensor([[pad] * (P - len(x)) + x for x in ids], device=device)
+    attention = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in ids], device=device)
+    return input_ids, attention
+
+
+def prompt_token_ids(tokenizer, prompts: list) -> list[list[int]]:
+    """Token ids of each prompt as the sampler sees it (chat template with the generation prompt)."""
     ids = []
     for p in prompts:
         if isinstance(p, str):
@@ -42,11 +70,7 @@ def encode_prompts(tokenizer, prompts: list, device=None) -> tuple[torch.Tensor,
             if not isinstance(x, list):  # BatchEncoding in newer transformers
                 x = x["input_ids"]
         ids.append(list(x))
-    P = max(len(x) for x in ids)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids = torch.tensor([[pad] * (P - len(x)) + x for x in ids], device=device)
-    attention = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in ids], device=device)
-    return input_ids, attention
+    return ids
 
 
 def decode_completions(tokenizer, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> list[str]:
@@ -88,6 +112,115 @@ def sampler_config_for(
         cfg_scale=cfg_scale,
         **{k: v for k, v in overrides.items() if v is not None},
     )
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """An evaluation protocol of the papers: the generation lengths reported, the block length,
+    ``steps = steps_per_token * gen_length`` and the temperature, for every task of their tables."""
+
+    name: str
+    gen_lengths: tuple[int, ...]
+    block_length: int
+    temperature: float = 0.0
+    steps_per_token: float = 0.5
+    tasks: tuple[str, ...] = ("gsm8k", "math", "countdown", "sudoku", "humaneval", "mbpp")
+    description: str = ""
+
+    def steps(self, gen_length: int) -> int:
+        return max(1, int(gen_length * self.steps_per_token))
+
+
+#: Evaluation protocols by name (``evaluate_lengths(protocol=...)``, ``dlm-trl eval --protocol``).
+EVAL_PROTOCOLS: dict[str, EvalProtocol] = {
+    "d1": EvalProtocol(
+        "d1", gen_lengths=(128, 256, 512), block_length=32, temperature=0.0, steps_per_token=0.5,
+        description="d1 (arXiv 2504.12216) / wd1: lengths 128, 256, 512, block 32, steps = length / 2, greedy",
+    ),
+}
+
+
+def get_protocol(name: str) -> EvalProtocol:
+    if name not in EVAL_PROTOCOLS:
+        raise ValueError(f"unknown evaluation protocol {name!r}; available: {', '.join(EVAL_PROTOCOLS)}")
+    return EVAL_PROTOCOLS[name]
+
+
+def parse_lengths(value: int | str | Sequence[int] | None) -> list[int] | None:
+    """Generation lengths from an int, a list or a comma list such as ``"128,256,512"`` (repeats dropped)."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else ([value] if isinstance(value, int) else list(value))
+    out: list[int] = []
+    for item in items:
+        try:
+            n = int(str(item).strip())
+        except ValueError:
+            n = 0
+        if n <= 0:
+            raise ValueError(
+                f"gen_length takes positive integers separated by commas (e.g. 128,256,512), got {value!r}"
+            )
+        if n not in out:
+            out.append(n)
+    if not out:
+        raise ValueError("gen_length is empty; give one or more lengths, e.g. 128,256,512")
+    return out
+
+
+def sampler_configs_for(
+    task: str, family: str, gen_lengths: Sequence[int] | None = None, *, protocol: str | None = None,
+    block_length: int | None = None, steps: int | None = None, temperature: float | None = None, **decoder,
+) -> list[SamplerConfig]:
+    """The sampler of each generation length (:func:`sampler_config_for`): ``gen_lengths`` or the protocol's,
+    else the task's default length; the protocol's block length, ``steps`` and temperature unless given.
+    ``decoder``: the other keyword arguments of :func:`sampler_config_for`."""
+    proto = get_protocol(protocol) if protocol else None
+    lengths = list(gen_lengths) if gen_lengths else (list(proto.gen_lengths) if proto else [None])
+    if proto is not None:
+        block_length = proto.block_length if block_length is None else block_length
+        temperature = proto.temperature if temperature is None else temperature
+    configs = []
+    for L in lengths:
+        n = steps
+        if n is None and proto is not None and L % (block_length or L) == 0:
+            nb = L // (block_length or L)
+            n = max(nb, proto.steps(L) // nb * nb)
+        configs.append(sampler_config_for(
+            task, family, gen_length=L, block_length=block_length, steps=n,
+            temperature=0.0 if temperature is None else temperature, **decoder))
+    return configs
+
+
+def max_positions(model) -> int | None:
+    """The positions the model declares (``max_position_embeddings`` / ``max_sequence_length`` /
+    ``n_positions`` of its config), None when it declares none."""
+    from .models.adapters import unwrap_module
+
+    config = getattr(unwrap_module(model), "config", None)
+    for name in ("max_position_embeddings", "max_sequence_length", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_positions(model, tokenizer, rows: list[dict], gen_lengths: Sequence[int], block_length: int | None = None):
+    """Raise one clear ``ValueError`` when the longest prompt + a generation length exceeds the model's positions."""
+    limit = max_positions(model)
+    if limit is None or not rows:
+        return
+    P = max(len(x) for x in prompt_token_ids(tokenizer, [r["prompt"] for r in rows]))
+    for L in gen_lengths:
+        if P + L > limit:
+            room = limit - P
+            fit = room // block_length * block_length if block_length else room
+            hint = (f"use a gen_length ≤ {fit}" + (f" (a multiple of block_length={block_length})" if block_length else "")
+                    if fit > 0 else "shorten the prompts")
+            raise ValueError(
+                f"gen_length={L} with the longest prompt ({P} tokens) needs {P + L} positions, more than the "
+                f"model's {limit} (max_position_embeddings); {hint}, or evaluate a model with more positions"
+            )
 
 
 def row_generator(seed: int, index: int) -> torch.Generator:
@@ -208,6 +341,8 @@ def evaluate(
         rows = t_task.rows(split, num_samples, seed=seed, **kwargs)
     else:
         t_task = get_task(task)
+    length = gen_length or t_task.gen_length
+    check_positions(model, tokenizer, rows, [length], block_length or min(t_task.block_length, length))
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
     indices = shard(len(rows), rank, world)
@@ -226,7 +361,7 @@ def evaluate(
         was_training = getattr(dlm.module, "training", False)
         if hasattr(dlm.module, "eval"):
             dlm.module.eval()
-        bar = tqdm(total=len(my_rows), desc=f"eval {task} ({split})", disable=not (progress and main), unit="sample")
+        bar = tqdm(total=len(my_rows), desc=f"eval {task} ({split}, L={config.gen_length})", disable=not (progress and main), unit="sample")
         try:
             row_nfe: list[int] = []
             completions, gen_tokens = sample_rows(
@@ -290,15 +425,108 @@ def evaluate(
     return result
 
 
-def format_table(results: list[dict[str, Any]]) -> str:
-    """A markdown table of evaluation results."""
+def evaluate_lengths(
+    task: str = "countdown",
+    gen_lengths: int | str | Sequence[int] | None = None,
+    *,
+    protocol: str | None = None,
+    block_length: int | None = None,
+    steps: int | None = None,
+    temperature: float | None = None,
+    model_name_or_path: str | None = None,
+    model=None,
+    tokenizer=None,
+    num_samples: int = 200,
+    seed: int = 0,
+    split: str = "test",
+    device: str | None = None,
+    load_kwargs: dict[str, Any] | None = None,
+    data_path: str | None = None,
+    dataset: DataSource | None = None,
+    rows: list[dict] | None = None,
+    accelerator=None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """:func:`evaluate` at each of ``gen_lengths`` (ints or a comma list; default the ``protocol``'s, else the
+    task's length) on the same rows, the model and the data loaded once. ``protocol`` (:data:`EVAL_PROTOCOLS`,
+    e.g. ``"d1"``) gives the lengths, block length, ``steps`` and temperature that are not given explicitly;
+    ``kwargs`` (decoder, batch size, ``return_samples`` …) go to every :func:`evaluate` call. Every length's
+    sampler and the model's positions are checked before the first generation.
+
+    Returns ``{"task", "model", "split", "num_samples", "seed", "protocol", "gen_lengths", "results",
+    "average"}``: ``results`` holds :func:`evaluate`'s dict for each length (with ``"protocol"`` when one was
+    given) and ``average`` the mean over lengths of accuracy, mean reward, seconds, tokens/s and NFE/sample.
+    """
+    from .models import DLM, load
+
+    lengths = parse_lengths(gen_lengths)
+    if model is None:
+        if accelerator is not None:
+            raise ValueError("a distributed evaluation needs the trainer's model (model=trainer.model_wrapped)")
+        model_name_or_path = model_name_or_path or "tiny"
+        model, tokenizer = load(model_name_or_path, device=device, **(load_kwargs or {}))
+    if tokenizer is None:
+        raise ValueError("pass the tokenizer together with the model")
+    t_task = get_task(task)
+    if rows is None:
+        rows = t_task.rows(split, num_samples, seed=seed, **data_kwargs(task, data_path, dataset))
+    if isinstance(model, DLM):
+        family = model.family
+    else:
+        from .models.adapters import detect_family, unwrap_module
+
+        family = (load_kwargs or {}).get("family") or detect_family(getattr(unwrap_module(model), "config", None))
+    decoder = {k: kwargs[k] for k in ("remasking", "schedule", "cfg_scale", "rollout", "transfer", "threshold",
+                                      "cache", "cache_refresh") if k in kwargs}
+    configs = sampler_configs_for(task, family, lengths, protocol=protocol, block_length=block_length, steps=steps,
+                                  temperature=temperature, **decoder)  # every length's sampler is valid
+    blocks = {c.block_length for c in configs}
+    block = blocks.pop() if len(blocks) == 1 and all(c.block_length < c.gen_length for c in configs) else None
+    check_positions(model, tokenizer, rows, [c.gen_length for c in configs], block)
+    results = []
+    for c in configs:  # the resolved lengths, block, steps and temperature (the decoder is resolved again)
+        res = evaluate(
+            task, model_name_or_path=model_name_or_path, model=model, tokenizer=tokenizer, seed=seed, split=split,
+            gen_length=c.gen_length, block_length=c.block_length, steps=c.steps, temperature=c.temperature,
+            load_kwargs=load_kwargs, rows=rows, accelerator=accelerator, **kwargs,
+        )
+        if protocol:
+            res["protocol"] = protocol
+        results.append(res)
+    keys = {"accuracy": None, "mean_reward": None, "seconds": 2, "tokens_per_second": 1, "nfe_per_sample": 2}
+    average: dict[str, Any] = {"gen_length": "average", "num_samples": len(rows)}
+    for k, digits in keys.items():
+        mean = sum(r[k] for r in results) / len(results)
+        average[k] = mean if digits is None else round(mean, digits)
+    return {
+        "task": task,
+        "model": results[0]["model"],
+        "split": split,
+        "num_samples": len(rows),
+        "seed": seed,
+        "protocol": protocol,
+        "gen_lengths": [r["sampler"]["gen_length"] for r in results],
+        "results": results,
+        "average": average,
+    }
+
+
+def format_table(results: list[dict[str, Any]], average: dict[str, Any] | None = None) -> str:
+    """A markdown table of evaluation results; with ``average`` (:func:`evaluate_lengths`) a generation-length
+    column and a last row ``average``."""
+    by_length = average is not None
+    head = "| task | model |" + (" gen length |" if by_length else "")
     lines = [
-        "| task | model | samples | accuracy | mean reward | seconds | tokens/s | NFE/sample |",
-        "|---|---|---|---|---|---|---|---|",
+        head + " samples | accuracy | mean reward | seconds | tokens/s | NFE/sample |",
+        "|---|---|" + ("---|" if by_length else "") + "---|---|---|---|---|---|",
     ]
-    for r in results:
+    rows = [(r, r["sampler"]["gen_length"] if by_length else None) for r in results]
+    if by_length:
+        rows.append(({**average, "task": results[0]["task"], "model": results[0]["model"]}, "average"))
+    for r, length in rows:
         lines.append(
-            f"| {r['task']} | {r['model']} | {r['num_samples']} | {100 * r['accuracy']:.1f}% | "
-            f"{r['mean_reward']:.3f} | {r['seconds']:.1f} | {r['tokens_per_second']:.0f} | {r.get('nfe_per_sample', '')} |"
+            f"| {r['task']} | {r['model']} |" + (f" {length} |" if by_length else "")
+            + f" {r['num_samples']} | {100 * r['accuracy']:.1f}% | {r['mean_reward']:.3f} | {r['seconds']:.1f} | "
+            f"{r['tokens_per_second']:.0f} | {r.get('nfe_per_sample', '')} |"
         )
     return "\n".join(lines)
