@@ -76,6 +76,10 @@ TINY_DEFAULTS = dict(
     diffusion_steps=24,
     temperature=1.0,
     rollout_autocast_dtype=cpu_rollout_autocast_dtype(),  # bf16 rollouts where the CPU has native bf16
+    # Confidence-threshold parallel decoding (threshold 0.9, no cache): 3.5x faster rollouts at -0.1 points of greedy
+    # accuracy on the whole test split, and on this recipe (seed 0, 55 steps) test 37.0 % final / 40.2 % best-on-
+    # validation vs 36.2 / 38.0 % with the plain sampler; step time 18.5 s vs 30.9 s (README "Fast rollouts").
+    rollout="fast",
     estimator_kwargs={"num_nodes": 3, "masks_per_node": 1},
     bf16=False,
     use_cpu=True,
