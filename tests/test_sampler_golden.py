@@ -84,8 +84,9 @@ def dream(checkpoints):
 
 
 @pytest.fixture(scope="module")
-def llada_reference_generate():
-    """``generate`` of the reference ``llada/generate.py``, whose top-level model import is stubbed."""
+def llada_reference_module():
+    """The reference ``llada/generate.py`` (LLaDA's ``generate`` and Fast-dLLM's cached / threshold decoders),
+    whose top-level model import is stubbed."""
     path = reference_dir() / "llada" / "generate.py"
     package, stub = types.ModuleType("model"), types.ModuleType("model.modeling_llada")
     stub.LLaDAModelLM = None  # only used by the file's main()
@@ -102,7 +103,12 @@ def llada_reference_generate():
                 sys.modules.pop(name, None)
             else:
                 sys.modules[name] = old
-    return module.generate
+    return module
+
+
+@pytest.fixture(scope="module")
+def llada_reference_generate(llada_reference_module):
+    return llada_reference_module.generate
 
 
 def _prompts(n: int, seed: int, batch: int = 1) -> list[torch.Tensor]:
@@ -300,28 +306,6 @@ def test_dream_default_differs_from_llada_schedule(dream):
 
 
 # --------------------------------------------------------------------------- Fast-dLLM: threshold, caches
-
-
-@pytest.fixture(scope="module")
-def llada_reference_module():
-    """The reference ``llada/generate.py`` module (Fast-dLLM's cached and threshold decoders)."""
-    path = reference_dir() / "llada" / "generate.py"
-    package, stub = types.ModuleType("model"), types.ModuleType("model.modeling_llada")
-    stub.LLaDAModelLM = None
-    package.modeling_llada = stub
-    saved = {name: sys.modules.get(name) for name in ("model", "model.modeling_llada")}
-    sys.modules.update({"model": package, "model.modeling_llada": stub})
-    try:
-        spec = importlib.util.spec_from_file_location("_dlm_trl_reference_llada_generate_fast", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        for name, old in saved.items():
-            if old is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = old
-    return module
 
 
 @pytest.fixture(scope="module")

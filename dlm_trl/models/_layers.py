@@ -149,6 +149,27 @@ def merge_block_kv(
     return cache_k, cache_v
 
 
+def cache_geometry(
+    num_inputs: int, kv_cache: BlockKVCache | None, cache_span: tuple[int, int] | None, num_layers: int
+) -> tuple[int, int, int]:
+    """``(T, lo, hi)`` of a forward over ``num_inputs`` positions: ``(Q, 0, Q)`` without a cache, else the
+    cache's length and the span, checked against the inputs and the model's layer count (``ValueError``)."""
+    Q = num_inputs
+    if kv_cache is None:
+        if cache_span is not None:
+            raise ValueError("cache_span needs a kv_cache (from a forward with return_kv_cache=True)")
+        return Q, 0, Q
+    if cache_span is None:
+        raise ValueError("a kv_cache needs cache_span=(lo, hi): the positions the input_ids stand for")
+    T = kv_cache.seq_len
+    lo, hi = int(cache_span[0]), int(cache_span[1])
+    if not (0 <= lo < hi <= T) or hi - lo != Q:
+        raise ValueError(f"cache_span={cache_span} does not fit {Q} input tokens and a cache of {T} positions")
+    if len(kv_cache.keys) != num_layers:
+        raise ValueError(f"kv_cache has {len(kv_cache.keys)} layers, the model {num_layers}")
+    return T, lo, hi
+
+
 def keeps_all_positions(logits_to_keep: int | torch.Tensor | None) -> bool:
     """Whether ``logits_to_keep`` asks for every computed position (``None`` or ``0``)."""
     if logits_to_keep is None:
@@ -209,6 +230,7 @@ __all__ = [
     "NoAutoregressiveGenerateMixin",
     "apply_rotary",
     "attend",
+    "cache_geometry",
     "keep_positions",
     "keeps_all_positions",
     "key_padding_bias",

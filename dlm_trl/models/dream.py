@@ -45,6 +45,7 @@ from dlm_trl.models._layers import (
     NoAutoregressiveGenerateMixin,
     apply_rotary,
     attend,
+    cache_geometry,
     keep_positions,
     keeps_all_positions,
     key_padding_bias,
@@ -359,23 +360,7 @@ class DreamModel(NoAutoregressiveGenerateMixin, DreamPreTrainedModel):
             raise ValueError("labels and logits_to_keep cannot be combined (the loss needs every position)")
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # [B, Q, D]
         B, Q = x.shape[:2]
-        if kv_cache is not None:
-            if cache_span is None:
-                raise ValueError("kv_cache needs cache_span=(lo, hi), the positions input_ids cover")
-            lo, hi = int(cache_span[0]), int(cache_span[1])
-            T = kv_cache.seq_len
-            if not (0 <= lo < hi <= T) or hi - lo != Q:
-                raise ValueError(
-                    f"cache_span={cache_span} must cover the {Q} input positions within the cached {T}"
-                )
-            if len(kv_cache.keys) != len(self.model.layers):
-                raise ValueError(
-                    f"kv_cache has {len(kv_cache.keys)} layers, the model {len(self.model.layers)}"
-                )
-        else:
-            if cache_span is not None:
-                raise ValueError("cache_span needs a kv_cache (from a forward with return_kv_cache=True)")
-            lo, hi, T = 0, Q, Q
+        T, lo, hi = cache_geometry(Q, kv_cache, cache_span, len(self.model.layers))
 
         mask2d = (
             attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 else None

@@ -45,6 +45,7 @@ from ._layers import (
     NoAutoregressiveGenerateMixin,
     apply_rotary,
     attend,
+    cache_geometry,
     keep_positions,
     keeps_all_positions,
     key_padding_bias,
@@ -409,23 +410,7 @@ class LLaDABackbone(nn.Module):
             x = x * (cfg.d_model**0.5)
         x = _dropout(x, cfg.embedding_dropout, self.training)
 
-        if kv_cache is None:
-            if cache_span is not None:
-                raise ValueError("cache_span needs a kv_cache (from a forward with return_kv_cache=True)")
-            T, lo, hi = Q, 0, Q
-        else:
-            if cache_span is None:
-                raise ValueError(
-                    "a kv_cache needs cache_span=(lo, hi): the positions the input_ids stand for"
-                )
-            T = kv_cache.seq_len
-            lo, hi = int(cache_span[0]), int(cache_span[1])
-            if not (0 <= lo < hi <= T) or hi - lo != Q:
-                raise ValueError(
-                    f"cache_span={cache_span} does not fit {Q} input tokens and a cache of {T} positions"
-                )
-            if len(kv_cache.keys) != cfg.n_layers:
-                raise ValueError(f"kv_cache has {len(kv_cache.keys)} layers, the model {cfg.n_layers}")
+        T, lo, hi = cache_geometry(Q, kv_cache, cache_span, cfg.n_layers)
         if attention_mask is not None and attention_mask.shape[-1] != T:
             raise ValueError(
                 f"attention_mask covers {attention_mask.shape[-1]} positions, expected {T} (with a kv_cache "
