@@ -101,9 +101,9 @@ def sampler_config_for(
         block_length = min(t_task.block_length, gen_length)  # Dream decodes in one block, as its own sampler
     nb = gen_length // (block_length or gen_length)
     steps = steps or max(nb, gen_length // 2 // nb * nb)
-    overrides = {"remasking": remasking, "schedule": schedule, "block_length": block_length}
-    overrides.update(rollout_overrides(
-        rollout, transfer=transfer, threshold=threshold, cache=cache, cache_refresh=cache_refresh))
+    overrides = rollout_overrides(rollout, transfer=transfer, threshold=threshold, cache=cache, cache_refresh=cache_refresh)
+    overrides.update({k: v for k, v in (("remasking", remasking), ("schedule", schedule),
+                                        ("block_length", block_length)) if v is not None})
     return SamplerConfig.for_family(
         family,
         gen_length=gen_length,

@@ -98,3 +98,16 @@ def test_zero3_threshold_rollouts_with_unequal_forward_counts_do_not_hang(tmp_pa
            "--main_process_port", str(_free_port()), "recipes/gdpo_llada.py", *args]
     _run(cmd, _env(tmp_path), timeout=240)
     assert (out / "report.json").exists()
+
+
+def test_fast_preset_scores_by_confidence_for_every_family_and_explicit_options_win(tmp_path):
+    from dlm_trl.evaluation import sampler_config_for
+    from dlm_trl.sampling import SamplerConfig
+
+    dream = sampler_config_for("countdown", "dream", rollout="fast")
+    assert (dream.transfer, dream.remasking, dream.schedule) == ("threshold", "low_confidence", "dream_linspace")
+    assert sampler_config_for("countdown", "dream", rollout="fast", remasking="margin").remasking == "margin"
+    cfg = GDPOConfig(output_dir=str(tmp_path), rollout="fast", remasking="margin", model_family="dream", **BASE)
+    assert cfg.sampler_config().remasking == "margin"
+    with pytest.raises(ValueError, match="probability-scale scorer"):
+        SamplerConfig(transfer="threshold", remasking="entropy")

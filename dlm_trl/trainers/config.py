@@ -348,19 +348,19 @@ class DLMConfig(GRPOConfig):
     def sampler_config(self, family: str | None = None) -> SamplerConfig:
         """The rollout sampler's settings: the family's defaults (:meth:`SamplerConfig.for_family`;
         ``model_family`` or LLaDA's when unknown) updated by ``remasking`` / ``schedule`` when set."""
-        overrides = {
-            k: v
-            for k, v in (("remasking", self.remasking), ("schedule", self.schedule), ("after_eos", self.after_eos))
-            if v is not None
-        }
-        overrides.update(rollout_overrides(
+        overrides = rollout_overrides(
             self.rollout,
             transfer=self.rollout_transfer,
             threshold=self.rollout_threshold,
             factor=self.rollout_factor,
             cache=self.rollout_cache,
             cache_refresh=self.rollout_cache_refresh,
-        ))
+        )
+        overrides.update({
+            k: v
+            for k, v in (("remasking", self.remasking), ("schedule", self.schedule), ("after_eos", self.after_eos))
+            if v is not None
+        })
         return SamplerConfig.for_family(
             family or self.model_family or "llada",
             gen_length=int(self.gen_length),
