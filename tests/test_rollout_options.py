@@ -47,6 +47,10 @@ def test_trainer_rolls_out_with_the_threshold_decoder(tokenizer, dataset, tmp_pa
     trainer.train()
     nfe = [h["sampler/nfe_per_row"] for h in trainer.state.log_history if "sampler/nfe_per_row" in h]
     assert nfe == [2.0]  # gen_length 8 / block_length 4 = 2 blocks, one forward each
+    # completion tokens (≤ 8, up to the first EOS) per forward, and the mean log-probability at commit
+    logs = next(h for h in trainer.state.log_history if "sampler/tokens_per_forward" in h)
+    assert 0 < logs["sampler/tokens_per_forward"] <= 4
+    assert -20 < logs["sampler/commit_logprob"] <= 0
     assert trainer.sampler_config.transfer == "threshold" and trainer.sampler_config.cache == "dual"
 
 

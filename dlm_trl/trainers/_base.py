@@ -333,11 +333,27 @@ class _DLMTrainerBase(
                 unwrapped.train(was_training)
         self.seconds_counts["sampler"] += time.perf_counter() - t0
         self.nfe_counts["sampler"] += int(out.row_nfe.sum()) if out.row_nfe is not None else out.nfe * B
-        self._metrics["train" if self.model.training else "eval"]["sampler/nfe_per_row"].append(out.mean_nfe)
+        self._log_rollout_metrics(out)
         self._rollout = out
         lengths = out.completion_mask.sum(1).tolist()
         completion_ids = [row[: int(n)] for row, n in zip(out.completion_ids.cpu().tolist(), lengths, strict=True)]
         return completion_ids, None
+
+    def _log_rollout_metrics(self, out) -> None:
+        """Per-rollout sampler diagnostics: forwards per row, completion tokens committed per forward, and the
+        mean log-probability a token had when it was committed (falls when parallel decoding commits
+        low-confidence tokens; rises towards 0 when the policy sharpens)."""
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        metrics["sampler/nfe_per_row"].append(out.mean_nfe)
+        mask = out.completion_mask.bool()  # [B, L]
+        if out.row_nfe is not None:
+            tokens = mask.sum(1).float()  # [B]
+            metrics["sampler/tokens_per_forward"].append(float((tokens / out.row_nfe.clamp_min(1)).mean()))
+        if out.commit_logprob is not None:
+            lp = out.commit_logprob[mask]
+            lp = lp[torch.isfinite(lp)]
+            if lp.numel():
+                metrics["sampler/commit_logprob"].append(float(lp.mean()))
 
     def _generate_and_score_completions(self, inputs):
         self._rollout_index += 1
