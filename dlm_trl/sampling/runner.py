@@ -102,6 +102,15 @@ class BlockRunner:
             R = xs.shape[0]
             cond, unc_l = both[:R].double(), both[R:].double()
             return unc_l + (self.config.cfg_scale + 1.0) * (cond - unc_l)
+        logits = self._block_logits(xs, attn, lo, hi, keep_cache=keep_cache)
+        if keep_cache:
+            self.cache_rows = None if rows is None else rows.clone()
+        return logits
+
+    def _block_logits(
+        self, xs: torch.Tensor, attn: torch.Tensor | None, lo: int, hi: int, keep_cache: bool = False
+    ) -> torch.Tensor:
+        """One full forward of ``xs``; the logits of positions ``lo..hi-1`` (kept in ``self.cache`` on request)."""
         if self.module is None:
             return _logits_of(self.model(xs, attention_mask=attn))[:, lo:hi]
         out = self._call(
@@ -109,13 +118,7 @@ class BlockRunner:
         )
         if keep_cache:
             self.cache = out.kv_cache
-            self.cache_rows = None if rows is None else rows.clone()
         return out.logits
-
-    def _block_logits(self, xs: torch.Tensor, attn: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
-        if self.module is None:
-            return _logits_of(self.model(xs, attention_mask=attn))[:, lo:hi]
-        return self._call(xs, attn, logits_to_keep=self._raw_positions(lo, hi, xs.device)).logits
 
     def _cache_for(self, rows: torch.Tensor | None):
         """The cache restricted to ``rows`` (the active set only shrinks inside a block)."""
