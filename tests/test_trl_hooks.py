@@ -1,6 +1,6 @@
 """Fail loudly, naming the hook, when the pinned TRL changes what the DLM trainers override or rely on.
 
-``dlm_trl/trainers/_base.py`` overrides five ``GRPOTrainer`` methods and relies on how TRL
+``dlm_trl/trainers/_base.py`` overrides six ``GRPOTrainer`` methods and relies on how TRL
 calls them. A TRL upgrade that changes any recorded signature (parameter names, kinds and
 defaults — annotations are ignored) or the call sites below must be reviewed by hand: update
 the override, then the record here. Also guarded: every TRL / transformers method the trainers
@@ -40,6 +40,7 @@ OVERRIDDEN = {
     "_generate_and_score_completions": [("self", E), ("inputs", E)],
     "_compute_loss": [("self", E), ("model", E), ("inputs", E)],
     "_send_telemetry": [("self", E)],
+    "_get_train_sampler": [("self", E), ("dataset", None)],
 }
 
 # Methods we do not override but whose behaviour the base depends on.
@@ -107,6 +108,14 @@ CALL_SITES = [
     ("compute_loss", "self._compute_loss(model, inputs)", "the loss is swapped in through _compute_loss"),
     ("training_step", "self._step += 1", "the inner-iteration index reads self._step"),
     ("__init__", "self.beta = args.beta", "β is hidden from __init__ so TRL builds no reference model"),
+    ("get_train_dataloader", "sampler_fn=self._get_train_sampler",
+     "the curriculum sampler is swapped in through _get_train_sampler"),
+    ("_get_train_sampler", "batch_size=self.args.generation_batch_size // self.num_generations",
+     "the curriculum sampler copies RepeatSampler's chunk of prompts"),
+    ("_get_train_sampler", "repeat_count=self.num_iterations * self.args.steps_per_generation",
+     "the curriculum sampler copies RepeatSampler's chunk repeats"),
+    ("_get_train_sampler", "mini_repeat_count=self.num_generations,",
+     "the curriculum sampler copies RepeatSampler's repeats of each prompt"),
 ]
 
 

@@ -12,6 +12,7 @@ lives in one module per concern (each a mixin of :class:`_DLMTrainerBase`):
 ``estimation.py``      the estimator plugin; ``estimate_logps`` / ``old_logps`` /
                        ``compute_policy_loss`` (for subclasses and users); old / reference estimates
 ``flat_groups.py``     advantage 0 (and ``keep_rows`` with ``drop_flat_groups``) for flat groups
+``curriculum.py``      ``curriculum="replay"``: the sampler that replays informative prompts, its pool
 ``durability.py``      atomic checkpoints, rollout state save / restore, the non-finite guard
 =====================  ===========================================================================
 
@@ -33,7 +34,12 @@ these signatures changes):
     value is batch-first, so TRL's shuffle and split along dim 0 keep each row's seeds and
     estimates together. Rows of flat groups (all rewards equal) get advantage exactly 0, and
     with ``drop_flat_groups`` a ``keep_rows [B]`` flag that takes them out of the loss and its
-    normaliser; ``frac_flat_groups`` is logged.
+    normaliser; ``frac_flat_groups`` is logged. With a curriculum, the rows' dataset indices
+    (an extra column) are stripped before TRL sees the rows and, after the rollout, every
+    group's solve rate updates the curriculum pool (``curriculum/*`` metrics).
+``_get_train_sampler``
+    TRL's ``RepeatSampler``, or with ``curriculum="replay"`` a sampler with its index structure
+    that fills part of each generation batch with prompts from the curriculum pool.
 ``_get_per_token_logps_and_entropies``
     The single place where likelihoods are estimated: the configured estimator plugin
     with per-row generators built from the active mask seeds. Old, reference and current
@@ -88,6 +94,7 @@ from .config import (
     _parse_dict,
     _require_transformers_5,  # noqa: F401  (re-exported)
 )
+from .curriculum import _CurriculumMixin
 from .durability import (
     ROLLOUT_STATE_NAME,  # noqa: F401  (re-exported)
     STAGING_PREFIX,  # noqa: F401  (re-exported)
@@ -120,8 +127,15 @@ OOM_HINT = (
 )
 
 
+def _is_iterable_dataset(dataset) -> bool:
+    import datasets
+
+    return isinstance(dataset, (torch.utils.data.IterableDataset, datasets.IterableDataset))
+
+
 class _DLMTrainerBase(
-    _MaskSeedsMixin, _ReferenceMixin, _EstimationMixin, _FlatGroupsMixin, _DurabilityMixin, GRPOTrainer
+    _MaskSeedsMixin, _ReferenceMixin, _EstimationMixin, _FlatGroupsMixin, _CurriculumMixin, _DurabilityMixin,
+    GRPOTrainer,
 ):
     """Private base of :class:`DiffuGRPOTrainer`, :class:`GDPOTrainer` and :class:`DMPOTrainer`
     (see the module docstring for the hooks it overrides and the mixins that implement the rest).
@@ -166,6 +180,12 @@ class _DLMTrainerBase(
             args = self.config_class(output_dir=f"{self._name}-trainer")
         if not isinstance(args, DLMConfig):
             raise TypeError(f"args must be a {self.config_class.__name__} (a DLMConfig), got {type(args).__name__}")
+        if args.curriculum != "none" and _is_iterable_dataset(train_dataset):
+            raise ValueError(
+                f"curriculum={args.curriculum!r} needs a map-style training set (a datasets.Dataset); got "
+                f"{type(train_dataset).__name__}, which cannot revisit a prompt. Load it without streaming "
+                "(or materialise it), or set curriculum='none'."
+            )
 
         family, mask_id = args.model_family, args.mask_token_id
         if isinstance(model, DLM):
@@ -257,6 +277,7 @@ class _DLMTrainerBase(
         #: of that accumulation cycle is not taken (see :meth:`create_optimizer`); reset at step end.
         self._skip_optimizer_step = False
         self.add_callback(_ResetSkipFlag(self))
+        self._setup_curriculum()  # curriculum="replay": index column on the training set, the pool
         #: Forward passes spent on this process, counted per sequence (rows × NFE per sequence).
         self.nfe_counts: dict[str, int] = defaultdict(int)
         # Wall-clock seconds of this process: 'sampler' (rollouts), 'nograd_likelihoods' (old / reference /
@@ -355,7 +376,14 @@ class _DLMTrainerBase(
             if lp.numel():
                 metrics["sampler/commit_logprob"].append(float(lp.mean()))
 
+    def _get_train_sampler(self, dataset=None):
+        """TRL's ``RepeatSampler``, or the curriculum's (same structure, replays from the pool)."""
+        if self.args.curriculum == "none":
+            return super()._get_train_sampler(dataset)
+        return self._curriculum_sampler(self.train_dataset if dataset is None else dataset)
+
     def _generate_and_score_completions(self, inputs):
+        inputs, prompt_indices = self._strip_curriculum_index(inputs)
         self._rollout_index += 1
         self._rollout = None
         self._last_rewards = None
@@ -366,6 +394,7 @@ class _DLMTrainerBase(
         finally:
             self._trl_logps_off = False
         self._zero_flat_group_advantages(out)
+        self._update_curriculum(prompt_indices)
         rollout, self._rollout = self._rollout, None
         if rollout is None:
             raise RuntimeError("no diffusion rollout was recorded; _generate_single_turn was bypassed")

@@ -2,7 +2,7 @@
 
 Holds the option tables of the DLM trainers — the values each new field accepts
 (:data:`MASK_SCHEDULES`, :data:`REFERENCES`, :data:`NONFINITE_POLICIES`,
-:data:`ROLLOUT_AUTOCAST_DTYPES`) and ``DLMConfig._UNSUPPORTED``, the ``GRPOConfig`` options the
+:data:`ROLLOUT_AUTOCAST_DTYPES`, ``curriculum.CURRICULA``) and ``DLMConfig._UNSUPPORTED``, the ``GRPOConfig`` options the
 trainers refuse with an error naming the option, its value and what to do — and their validation
 (``DLMConfig._check_dlm_fields``, extended by each trainer's config; :func:`_check_delta` for
 the trainers that honour ``delta``).
@@ -20,6 +20,7 @@ from trl import GRPOConfig
 from ..models import FAMILIES
 from ..registry import PluginNotFoundError, load_estimator
 from ..sampling import AFTER_EOS, REMASKING_STRATEGIES, SamplerConfig, rollout_overrides
+from .curriculum import CURRICULA
 
 MASK_SCHEDULES = ("fresh", "fixed")
 REFERENCES = ("initial", "none")
@@ -179,6 +180,42 @@ class DLMConfig(GRPOConfig):
             "baseline) but still count in the normaliser. The fraction is logged as frac_flat_groups either way."
         },
     )
+    curriculum: str = field(
+        default="none",
+        metadata={
+            "help": "Prompt curriculum, one of ('none', 'replay'). 'replay' revisits the prompts the policy solves "
+            "some of the time: after each rollout, the prompts whose group solve rate (the fraction of its "
+            "completions whose total reward reaches curriculum_success_reward) lies in [curriculum_low, "
+            "curriculum_high] join a pool, and curriculum_replay_fraction of each later generation batch's "
+            "prompts are drawn from it (the rest fresh, from TRL's seeded shuffle). 'none' (default): TRL's "
+            "sampler, every prompt once per epoch. Not yet measured on the recipes; see "
+            "dlm_trl/trainers/curriculum.py."
+        },
+    )
+    curriculum_low: float = field(
+        default=0.1, metadata={"help": "Lowest group solve rate (inclusive) that makes a prompt informative."}
+    )
+    curriculum_high: float = field(
+        default=0.9, metadata={"help": "Highest group solve rate (inclusive) that makes a prompt informative."}
+    )
+    curriculum_replay_fraction: float = field(
+        default=0.25,
+        metadata={
+            "help": "Fraction of each generation batch's prompts replayed from the pool (rounded; fewer while "
+            "the pool is smaller), in [0, 1). 0 tracks the pool and logs curriculum/pool_size without replaying."
+        },
+    )
+    curriculum_max_replays: int = field(
+        default=2, metadata={"help": "How many times one prompt may be replayed over the whole run (>= 1)."}
+    )
+    curriculum_success_reward: float = field(
+        default=1.0,
+        metadata={
+            "help": "A completion counts as solved when its total reward (the reward_weights-weighted sum of "
+            "the reward functions) is >= this. 1.0 fits the built-in tasks, whose correctness reward is 1.0 "
+            "(countdown: 1.0 correct, 0.1 well-formatted only); set it to your task's success reward."
+        },
+    )
     rollout_autocast_dtype: str | None = field(
         default=None,
         metadata={
@@ -307,6 +344,7 @@ class DLMConfig(GRPOConfig):
             )
         if self.nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {self.nonfinite!r}")
+        self._check_curriculum()
         if self.beta != 0.0 and self.reference == "none":
             raise ValueError(
                 f"beta={self.beta} needs a reference policy but reference='none'; set reference='initial' "
@@ -344,6 +382,30 @@ class DLMConfig(GRPOConfig):
             raise ValueError(
                 f"estimator {self.estimator!r} does not accept estimator_kwargs={self.estimator_kwargs}: {err}"
             ) from None
+
+    def _check_curriculum(self) -> None:
+        if self.curriculum not in CURRICULA:
+            close = difflib.get_close_matches(str(self.curriculum), CURRICULA, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown curriculum={self.curriculum!r}; choose one of {list(CURRICULA)}.{hint}")
+        if not 0.0 <= self.curriculum_low <= self.curriculum_high <= 1.0:
+            raise ValueError(
+                f"curriculum_low={self.curriculum_low} and curriculum_high={self.curriculum_high} must satisfy "
+                "0 <= curriculum_low <= curriculum_high <= 1 (a range of group solve rates, e.g. 0.1 and 0.9)"
+            )
+        if not 0.0 <= self.curriculum_replay_fraction < 1.0:
+            raise ValueError(
+                f"curriculum_replay_fraction={self.curriculum_replay_fraction} must lie in [0, 1): the fraction of "
+                "each generation batch's prompts replayed from the pool (e.g. 0.25); some must stay fresh"
+            )
+        if int(self.curriculum_max_replays) != self.curriculum_max_replays or self.curriculum_max_replays < 1:
+            raise ValueError(f"curriculum_max_replays={self.curriculum_max_replays} must be an integer >= 1 (e.g. 2)")
+        if self.curriculum != "none" and self.remove_unused_columns:
+            raise self._unsupported(
+                "remove_unused_columns", self.remove_unused_columns,
+                f"curriculum={self.curriculum!r} tags each training row with its dataset index in an extra column. "
+                "Leave remove_unused_columns=False (TRL's default), or set curriculum='none'.",
+            )
 
     def sampler_config(self, family: str | None = None) -> SamplerConfig:
         """The rollout sampler's settings: the family's defaults (:meth:`SamplerConfig.for_family`;
