@@ -187,6 +187,18 @@ def test_pool_state_round_trips():
     assert clone.draw(4) == pool.draw(4)
 
 
+def test_checkpointed_rollout_state_keeps_the_pool(tokenizer, dataset, tmp_path):  # noqa: F811
+    trainer = make_trainer("gdpo", tokenizer, dataset, tmp_path / "a", curriculum="replay")
+    trainer._curriculum_pool.observe([1, 2, 3], [0.5, 0.0, 0.25])
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    trainer._save_rollout_state(str(ckpt))
+    resumed = make_trainer("gdpo", tokenizer, dataset, tmp_path / "b", curriculum="replay")
+    assert resumed._curriculum_pool.rates == {}
+    resumed._load_rollout_state(str(ckpt))
+    assert resumed._curriculum_pool.rates == {1: 0.5, 3: 0.25}
+
+
 # ---------------------------------------------------------------- training
 
 

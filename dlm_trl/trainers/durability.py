@@ -176,6 +176,9 @@ class _DurabilityMixin:
             # iterations (TRL would otherwise sample a new one, and the run would diverge from an uninterrupted one).
             "buffered_inputs": _to_device(self._buffered_inputs, "cpu") if mid_rollout else None,
         }
+        pool = getattr(self, "_curriculum_pool", None)
+        if pool is not None:  # curriculum="replay": the informative prompts found so far
+            state["curriculum_pool"] = pool.state_dict()
         torch.save(state, os.path.join(output_dir, ROLLOUT_STATE_NAME.format(rank=self.accelerator.process_index)))
 
     def _load_rollout_state(self, checkpoint) -> None:
@@ -193,6 +196,11 @@ class _DurabilityMixin:
         self._rollout_index = int(state["rollout_index"])
         self.nfe_counts.clear()
         self.nfe_counts.update(state["nfe_counts"])
+        pool = getattr(self, "_curriculum_pool", None)
+        if pool is not None and state.get("curriculum_pool") is not None:
+            # The pool comes back; the replay draws of the batches the resumed dataloader skips are not
+            # replayed, so a resumed curriculum run is not token-identical to an uninterrupted one.
+            pool.load_state_dict(state["curriculum_pool"])
         if state["world_size"] != self.accelerator.num_processes:
             warnings.warn(
                 f"checkpoint written by {state['world_size']} processes, resumed on {self.accelerator.num_processes}: "
