@@ -63,6 +63,9 @@ def _eval(args: argparse.Namespace) -> int:
         remasking=args.remasking,
         schedule=args.schedule,
         cfg_scale=args.cfg_scale,
+        guidance_schedule=args.guidance_schedule,
+        guidance_late_fraction=args.guidance_late_fraction,
+        guidance_rate_preserving=args.rate_preserving,
         rollout=args.rollout,
         transfer=args.transfer,
         threshold=args.threshold,
@@ -144,6 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="tokens committed per step: even (LLaDA) or dream_linspace (Dream); default: the model family's",
     )
     ev.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale (0 = off)")
+    ev.add_argument(
+        "--guidance-schedule", default="constant",
+        help="when to guide (with --cfg-scale > 0): constant (every step; default), linear (scale x the unmasked "
+        "fraction of the completion) or late (only once at most --guidance-late-fraction of it is masked)",
+    )
+    ev.add_argument(
+        "--guidance-late-fraction", type=float, default=0.5,
+        help="the late schedule guides once at most this fraction of the completion is masked (default 0.5)",
+    )
+    ev.add_argument(
+        "--rate-preserving", action="store_true",
+        help="rate-preserving guidance (arXiv 2507.08965): choose which and how many tokens to unmask from the "
+        "unguided logits, draw the tokens from the guided ones",
+    )
     # The decoder (dlm_trl.sampling: transfer rules and key/value caches).
     ev.add_argument(
         "--rollout", default=None, choices=["plain", "fast"],

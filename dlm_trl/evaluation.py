@@ -43,6 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .sampling import SamplerConfig, generate, rollout_overrides
+from .sampling.guidance import schedule_name
 from .tasks import DataSource, data_kwargs, get_task
 
 
@@ -90,11 +91,13 @@ def sampler_config_for(
     steps: int | None = None, temperature: float = 0.0, remasking: str | None = None,
     schedule: str | None = None, cfg_scale: float = 0.0, rollout: str | None = None,
     transfer: str | None = None, threshold: float | None = None, cache: str | None = None,
-    cache_refresh: int | None = None,
+    cache_refresh: int | None = None, guidance_schedule: str = "constant", guidance_late_fraction: float = 0.5,
+    guidance_rate_preserving: bool = False,
 ) -> SamplerConfig:
     """The evaluation sampler: the task's lengths, ``steps = gen_length / 2`` (d1), the family's rules,
     and the decoder of a ``rollout`` preset (:data:`~dlm_trl.sampling.ROLLOUT_PRESETS`) or of the explicit
-    ``transfer`` / ``threshold`` / ``cache`` / ``cache_refresh`` (explicit values win)."""
+    ``transfer`` / ``threshold`` / ``cache`` / ``cache_refresh`` (explicit values win); ``cfg_scale`` and the
+    ``guidance_*`` options are :class:`SamplerConfig`'s classifier-free guidance (:mod:`dlm_trl.sampling.guidance`)."""
     t_task = get_task(task)
     gen_length = gen_length or t_task.gen_length
     if block_length is None and family != "dream":
@@ -110,6 +113,9 @@ def sampler_config_for(
         steps=steps,
         temperature=temperature,
         cfg_scale=cfg_scale,
+        guidance_schedule=guidance_schedule,
+        guidance_late_fraction=guidance_late_fraction,
+        guidance_rate_preserving=guidance_rate_preserving,
         **{k: v for k, v in overrides.items() if v is not None},
     )
 
@@ -293,6 +299,9 @@ def evaluate(
     remasking: str | None = None,
     schedule: str | None = None,
     cfg_scale: float = 0.0,
+    guidance_schedule: str = "constant",
+    guidance_late_fraction: float = 0.5,
+    guidance_rate_preserving: bool = False,
     rollout: str | None = None,
     transfer: str | None = None,
     threshold: float | None = None,
@@ -316,7 +325,8 @@ def evaluate(
     ``dataset`` / ``data_path`` (:mod:`dlm_trl.tasks.sources`). ``remasking`` /
     ``schedule`` left unset take the model family's defaults (:meth:`SamplerConfig.for_family`);
     ``rollout`` / ``transfer`` / ``threshold`` / ``cache`` / ``cache_refresh`` choose the decoder
-    (:func:`sampler_config_for`).
+    (:func:`sampler_config_for`); ``cfg_scale`` / ``guidance_schedule`` / ``guidance_late_fraction`` /
+    ``guidance_rate_preserving`` the classifier-free guidance (:mod:`dlm_trl.sampling.guidance`).
 
     ``accelerator``: evaluate distributed over its processes (module docstring). ``model`` is then
     what the trainer trains (``trainer.model_wrapped``: a DDP module, a DeepSpeed engine, a PEFT
@@ -356,7 +366,8 @@ def evaluate(
         config = sampler_config_for(
             task, dlm.family, gen_length=gen_length, block_length=block_length, steps=steps,
             temperature=temperature, remasking=remasking, schedule=schedule, cfg_scale=cfg_scale,
-            rollout=rollout, transfer=transfer, threshold=threshold, cache=cache, cache_refresh=cache_refresh,
+            guidance_schedule=guidance_schedule, guidance_late_fraction=guidance_late_fraction,
+            guidance_rate_preserving=guidance_rate_preserving, rollout=rollout, transfer=transfer, threshold=threshold, cache=cache, cache_refresh=cache_refresh,
         )
         was_training = getattr(dlm.module, "training", False)
         if hasattr(dlm.module, "eval"):
@@ -409,6 +420,9 @@ def evaluate(
             "remasking": config.remasking,
             "schedule": config.schedule,
             "cfg_scale": cfg_scale,
+            "guidance_schedule": schedule_name(config.guidance_schedule),
+            "guidance_late_fraction": config.guidance_late_fraction,
+            "guidance_rate_preserving": config.guidance_rate_preserving,
             "transfer": config.transfer,
             "threshold": config.threshold if config.transfer == "threshold" else None,
             "cache": config.cache,
@@ -476,8 +490,9 @@ def evaluate_lengths(
         from .models.adapters import detect_family, unwrap_module
 
         family = (load_kwargs or {}).get("family") or detect_family(getattr(unwrap_module(model), "config", None))
-    decoder = {k: kwargs[k] for k in ("remasking", "schedule", "cfg_scale", "rollout", "transfer", "threshold",
-                                      "cache", "cache_refresh") if k in kwargs}
+    decoder = {k: kwargs[k] for k in ("remasking", "schedule", "cfg_scale", "guidance_schedule",
+                                      "guidance_late_fraction", "guidance_rate_preserving", "rollout", "transfer",
+                                      "threshold", "cache", "cache_refresh") if k in kwargs}
     configs = sampler_configs_for(task, family, lengths, protocol=protocol, block_length=block_length, steps=steps,
                                   temperature=temperature, **decoder)  # every length's sampler is valid
     blocks = {c.block_length for c in configs}

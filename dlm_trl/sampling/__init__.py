@@ -8,6 +8,8 @@ The package, one concept per module:
 * :mod:`.scorers` — the confidence of a candidate (``low_confidence``, ``margin``, ``entropy``);
 * :mod:`.transfer` — which candidates a step commits (``topk``, ``threshold``, ``factor``, ``origin``);
 * :mod:`.runner` — the model calls and the key/value cache policy (``none``, ``prefix``, ``dual``);
+* :mod:`.guidance` — classifier-free guidance: the per-step scale (``constant``, ``linear``, ``late``)
+  and rate-preserving guidance (arXiv 2507.08965);
 * :mod:`.noise` — randomness (one generator per row makes a row independent of its batch);
 * :mod:`.memory` — keep freed memory in the process (page faults were half of a rollout's time);
 * :mod:`.loop` — :func:`generate`, which puts them together.
@@ -20,7 +22,9 @@ which is how Dream's sampler works). At every step:
 
 1. one forward pass over the whole sequence predicts every position (with classifier-free
    guidance the guided logits ``ℓ_u + (s + 1)(ℓ_c − ℓ_u)``; the unconditional forward sees
-   the real prompt tokens replaced by the mask token, and both run as one ``2B`` batch);
+   the real prompt tokens replaced by the mask token, and both run as one ``2B`` batch; the scale
+   of a row at a step follows ``guidance_schedule``, and with ``guidance_rate_preserving`` step 3's
+   decision is made on ``ℓ_c`` while the tokens come from the guided logits — :mod:`.guidance`);
 2. the mask token's logit is set to ``−inf``, then a token is drawn for every position of
    the current block by Gumbel-max at temperature ``T`` (float64 noise; ``T = 0`` is argmax);
 3. the *unmasking rule* (``remasking``) picks which still-masked positions of the block
@@ -141,12 +145,14 @@ from ._names import (
     COUNT_BASED,
     DREAM_ALGS,
     DYNAMIC_TRANSFERS,
+    GUIDANCE_SCHEDULES,
     REMASKING_STRATEGIES,
     SAMPLER_FAMILIES,
     SCHEDULES,
     TRANSFERS,
 )
 from .config import ROLLOUT_PRESETS, SamplerConfig, SamplerOutput, rollout_overrides
+from .guidance import guidance_scales, guide
 from .loop import generate
 from .memory import keep_freed_memory, minor_page_faults
 from .schedules import (
@@ -163,6 +169,7 @@ __all__ = [
     "COUNT_BASED",
     "DREAM_ALGS",
     "DYNAMIC_TRANSFERS",
+    "GUIDANCE_SCHEDULES",
     "REMASKING_STRATEGIES",
     "SAMPLER_FAMILIES",
     "ROLLOUT_PRESETS",
@@ -172,6 +179,8 @@ __all__ = [
     "SamplerOutput",
     "dream_transfer_counts",
     "generate",
+    "guidance_scales",
+    "guide",
     "keep_freed_memory",
     "minor_page_faults",
     "num_transfer_tokens",

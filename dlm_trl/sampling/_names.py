@@ -28,6 +28,8 @@ TRANSFERS = ("topk", "threshold", "factor")
 DYNAMIC_TRANSFERS = ("threshold", "factor")
 #: Key/value cache policies (see :mod:`.runner`).
 CACHES = ("none", "prefix", "dual")
+#: Named classifier-free guidance schedules: the scale at each step (see :mod:`.guidance`).
+GUIDANCE_SCHEDULES = ("constant", "linear", "late")
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,12 +14,14 @@ from ._names import (
     CACHES,
     DREAM_ALGS,
     DYNAMIC_TRANSFERS,
+    GUIDANCE_SCHEDULES,
     REMASKING_STRATEGIES,
     SAMPLER_FAMILIES,
     SCHEDULES,
     TRANSFERS,
     _choice_error,
 )
+from .guidance import check_schedule
 from .schedules import transfer_counts
 
 
@@ -111,6 +114,27 @@ class SamplerConfig:
     cfg_scale: float = field(
         default=0.0, metadata={"help": "Classifier-free guidance scale s ≥ 0; 0 disables guidance."}
     )
+    guidance_schedule: str | Callable = field(
+        default="constant",
+        metadata={
+            "help": f"When to guide, one of {GUIDANCE_SCHEDULES} or a callable f(s, m) -> scale (m: the [R] "
+            "fractions of each row's completion still masked at the step): 'constant' s at every step, 'linear' "
+            "s·(1 − m), 'late' s once m ≤ guidance_late_fraction (dlm_trl.sampling.guidance). No effect at "
+            "cfg_scale=0."
+        },
+    )
+    guidance_late_fraction: float = field(
+        default=0.5,
+        metadata={"help": "The 'late' schedule guides once at most this fraction of the completion is masked, in [0, 1]."},
+    )
+    guidance_rate_preserving: bool = field(
+        default=False,
+        metadata={
+            "help": "Rate-preserving CFG (arXiv 2507.08965): decide which / how many positions to unmask from the "
+            "unguided (conditional) logits and draw the committed tokens from the guided ones. False: guided "
+            "logits for both (plain CFG). No effect at cfg_scale=0."
+        },
+    )
     progress: bool = field(default=False, metadata={"help": "Show a tqdm progress bar over the steps."})
 
     def __post_init__(self):
@@ -202,6 +226,13 @@ class SamplerConfig:
             isinstance(self.cache_refresh, bool) or not isinstance(self.cache_refresh, int) or self.cache_refresh < 1
         ):
             raise ValueError(f"cache_refresh must be None or an integer ≥ 1, got {self.cache_refresh!r}")
+        # The guidance options are checked but allowed at cfg_scale=0 (they have no effect there), so a recipe
+        # or a command line can switch guidance on and off with cfg_scale alone.
+        check_schedule(self.guidance_schedule, self.guidance_late_fraction)
+        if not isinstance(self.guidance_rate_preserving, bool):
+            raise ValueError(
+                f"guidance_rate_preserving must be True or False, got {self.guidance_rate_preserving!r}"
+            )
         if self.cache != "none" and self.cfg_scale > 0:
             raise ValueError(
                 "cfg_scale > 0 with a key/value cache is not supported (the unconditional half would need its own "
@@ -292,7 +323,8 @@ class SamplerOutput:
     for ``transfer="topk"``; for the threshold rules the number of calls until every row was done.
     ``commit_logprob[b, i]`` is the log-probability of completion token ``i`` under the distribution it
     was drawn from at the step that committed it (``softmax(ℓ / T)``, or ``softmax(ℓ)`` at ``T = 0``;
-    CFG-guided logits with guidance), NaN where it was never drawn (positions skipped after EOS).
+    CFG-guided logits with guidance, also under rate-preserving guidance, whose tokens are drawn from the guided
+    logits), NaN where it was never drawn (positions skipped after EOS).
     ``row_nfe[b]`` is how many forward passes row ``b`` took part in (CFG counted twice).
     """
 

@@ -8,6 +8,7 @@ import torch
 
 from ._names import Generators
 from .config import SamplerConfig, SamplerOutput
+from .guidance import guidance_scales
 from .noise import _exponential, _origin_uniforms, _per_row_generators, _rand
 from .runner import BlockRunner
 from .schedules import unmask_fractions
@@ -30,16 +31,27 @@ def _rank_sync(enabled: bool | None, device: torch.device):
     return sync
 
 
-def _draw_tokens(
-    logits: torch.Tensor,  # [R, K, V] float64, mask logit −inf
+def _gumbel(
+    shape: tuple[int, ...],  # [R, K, V]
     temperature: float,
     generator: Generators,
     per_row: list[torch.Generator] | None,
-) -> torch.Tensor:
-    """Gumbel-max draws (the fixed-count path; the reference samplers' noise), ``[R, K]``."""
+    device: torch.device,
+) -> torch.Tensor | None:
+    """Float64 Gumbel noise of the fixed-count path (the reference samplers' noise); ``None`` at ``T = 0``."""
     if temperature > 0:
-        u = _rand(tuple(logits.shape), generator, per_row, logits.device)  # [R, K, V] float64
-        gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(torch.float64).tiny)))
+        u = _rand(shape, generator, per_row, device)  # [R, K, V] float64
+        return -torch.log(-torch.log(u.clamp_min(torch.finfo(torch.float64).tiny)))
+    return None
+
+
+def _draw_tokens(
+    logits: torch.Tensor,  # [R, K, V] float64, mask logit −inf
+    temperature: float,
+    gumbel: torch.Tensor | None,  # [R, K, V] from _gumbel
+) -> torch.Tensor:
+    """Gumbel-max draws ``argmax(ℓ / T + g)`` (argmax of ``ℓ`` at ``T = 0``), ``[R, K]``."""
+    if gumbel is not None:
         return torch.argmax(logits / temperature + gumbel, dim=-1)
     return torch.argmax(logits, dim=-1)
 
@@ -147,7 +159,19 @@ def generate(
     fractions = unmask_fractions(config.schedule, S, config.eps)  # [S] float32, origin's probabilities
     temperature = float(config.temperature)
     alg_temp = float(config.alg_temp or 0.0)
-    nfe_per_call = 2 if use_cfg else 1
+    nfe_per_call = 2 if use_cfg else 1  # the unconditional forward runs even at steps whose scales are all 0
+    rate_preserving = use_cfg and config.guidance_rate_preserving
+
+    def step_scales(rows: torch.Tensor | None) -> torch.Tensor | None:
+        """The guidance scale of each of ``rows`` at this step, ``[R]`` (``None`` without CFG), from the
+        fraction of its completion still masked (:mod:`.guidance`)."""
+        if not use_cfg:
+            return None
+        m = (masked if rows is None else masked[rows]).double().mean(dim=1)  # [R]
+        return guidance_scales(
+            config.guidance_schedule, config.cfg_scale, m, float(config.guidance_late_fraction)
+        )
+
     calls = 0
 
     bar = None
@@ -174,11 +198,21 @@ def generate(
         if not config.dynamic:
             for j in range(S):
                 step = block * S + j
-                logits = runner.block_logits(x, None, lo, hi, j).double()  # [B, K, V]
+                logits, cond = runner.block_logits(x, None, lo, hi, j, scales=step_scales(None))  # [B, K, V]
+                logits = logits.double()
                 calls += 1
                 if mask_id < logits.shape[-1]:
                     logits[..., mask_id] = -torch.inf  # never commit the mask token itself
-                x0 = _draw_tokens(logits, temperature, generator, per_row)  # [B, K]
+                noise = _gumbel(tuple(logits.shape), temperature, generator, per_row, logits.device)
+                x0 = _draw_tokens(logits, temperature, noise)  # [B, K] committed tokens (guided with CFG)
+                # Rate-preserving CFG decides which positions to commit as the unguided sampler would (its
+                # logits, the same noise); plain CFG and no CFG decide on the logits the tokens come from.
+                decide, x0_decide = logits, x0
+                if rate_preserving:
+                    decide = cond.double()
+                    if mask_id < decide.shape[-1]:
+                        decide[..., mask_id] = -torch.inf
+                    x0_decide = _draw_tokens(decide, temperature, noise)  # [B, K]
                 candidates = masked[:, lo - P : hi - P]  # [B, K] still masked in the current block
                 if rule == "origin":
                     u_t = _origin_uniforms(candidates, generator, per_row)  # [B, K]
@@ -192,7 +226,9 @@ def generate(
                         if rule == "random":
                             score = _rand((B, K), generator, per_row, logits.device)  # [B, K]
                         else:
-                            score = score_candidates(rule, logits, x0, temperature, config.tempered_scores)
+                            score = score_candidates(
+                                rule, decide, x0_decide, temperature, config.tempered_scores
+                            )
                         if alg_temp > 0:
                             # k positions without replacement ∝ softmax(score / alg_temp): an exponential race
                             # (torch.multinomial's own algorithm), in log space.
@@ -228,20 +264,29 @@ def generate(
                 continue
             rows = active.nonzero().squeeze(1)  # [R]
             R = rows.shape[0]
-            logits = runner.block_logits(x, rows, lo, hi, j)  # [R, K, V]
+            logits, cond = runner.block_logits(x, rows, lo, hi, j, scales=step_scales(rows))  # [R, K, V]
             calls += 1
             candidates = masked[rows, lo - P : hi - P]  # [R, K]
             # Only the candidates' logits are needed (in float64, for scores and draws).
             cand_logits = logits[candidates].double()  # [N, V]
             if mask_id < cand_logits.shape[-1]:
                 cand_logits[:, mask_id] = -torch.inf
+            # Rate-preserving CFG: the scores (and so how many and which positions) come from the unguided
+            # logits and a token drawn from them with the same uniform, the committed token from the guided ones.
+            cand_decide = cand_logits
+            if rate_preserving:
+                cand_decide = cond[candidates].double()  # [N, V]
+                if mask_id < cand_decide.shape[-1]:
+                    cand_decide[:, mask_id] = -torch.inf
             if temperature > 0:
                 gens = None if per_row is None else [per_row[int(r)] for r in rows]
                 u = _rand((R, K), generator, gens, logits.device)  # [R, K] one uniform per position
                 x0_c = _inverse_cdf_draws(cand_logits, u[candidates], temperature)  # [N]
+                x0_d = _inverse_cdf_draws(cand_decide, u[candidates], temperature) if rate_preserving else x0_c
             else:
                 x0_c = cand_logits.argmax(-1)
-            score_c = score_candidates(rule, cand_logits[:, None], x0_c[:, None], temperature, config.tempered_scores)
+                x0_d = cand_decide.argmax(-1) if rate_preserving else x0_c
+            score_c = score_candidates(rule, cand_decide[:, None], x0_d[:, None], temperature, config.tempered_scores)
             score = torch.full((R, K), -torch.inf, dtype=torch.float64, device=logits.device)
             score[candidates] = score_c[:, 0]
             x0 = torch.zeros(R, K, dtype=torch.long, device=logits.device)

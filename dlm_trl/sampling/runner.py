@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from .config import SamplerConfig
+from .guidance import guide
 
 
 def _logits_of(out: Any) -> torch.Tensor:
@@ -90,8 +91,18 @@ class BlockRunner:
             return None
         return self.attn if rows is None else self.attn[rows]
 
-    def full(self, x: torch.Tensor, rows: torch.Tensor | None, lo: int, hi: int, keep_cache: bool) -> torch.Tensor:
-        """A forward over the whole sequence of ``rows``; the block's logits ``[R, K, V]``."""
+    def full(
+        self,
+        x: torch.Tensor,
+        rows: torch.Tensor | None,
+        lo: int,
+        hi: int,
+        keep_cache: bool,
+        scales: torch.Tensor | None = None,  # [R] guidance scales (CFG), None = cfg_scale at every row
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A forward over the whole sequence of ``rows``: the block's logits ``[R, K, V]`` and, with
+        classifier-free guidance and ``guidance_rate_preserving``, the conditional ones (``(guided, conditional)``;
+        ``(logits, None)`` otherwise)."""
         xs = x if rows is None else x[rows]  # [R, T]
         attn = self._attn(rows)
         if self.config.cfg_scale > 0:
@@ -101,11 +112,15 @@ class BlockRunner:
             both = self._block_logits(torch.cat([xs, x_unc], dim=0), both_attn, lo, hi)  # [2R, K, V]
             R = xs.shape[0]
             cond, unc_l = both[:R].double(), both[R:].double()
-            return unc_l + (self.config.cfg_scale + 1.0) * (cond - unc_l)
+            if scales is None:
+                scales = torch.full((R,), float(self.config.cfg_scale), dtype=torch.float64, device=cond.device)
+            guided = guide(cond, unc_l, scales.to(cond.device))
+            # Only rate-preserving guidance needs the conditional logits after this call (a [R, K, V] float64).
+            return guided, (cond if self.config.guidance_rate_preserving else None)
         logits = self._block_logits(xs, attn, lo, hi, keep_cache=keep_cache)
         if keep_cache:
             self.cache_rows = None if rows is None else rows.clone()
-        return logits
+        return logits, None
 
     def _block_logits(
         self, xs: torch.Tensor, attn: torch.Tensor | None, lo: int, hi: int, keep_cache: bool = False
@@ -148,16 +163,23 @@ class BlockRunner:
         return out.logits
 
     def block_logits(
-        self, x: torch.Tensor, rows: torch.Tensor | None, lo: int, hi: int, step_in_block: int
-    ) -> torch.Tensor:
-        """Logits ``[R, K, V]`` of positions ``lo..hi-1`` for ``rows`` (``None`` = all) at this step."""
+        self,
+        x: torch.Tensor,
+        rows: torch.Tensor | None,
+        lo: int,
+        hi: int,
+        step_in_block: int,
+        scales: torch.Tensor | None = None,  # [R] guidance scales of the rows (CFG only)
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits ``[R, K, V]`` of positions ``lo..hi-1`` for ``rows`` (``None`` = all) at this step, and the
+        conditional logits under rate-preserving guidance (``None`` otherwise; see :meth:`full`)."""
         cfg = self.config
         if cfg.cache == "none":
-            return self.full(x, rows, lo, hi, keep_cache=False)
+            return self.full(x, rows, lo, hi, keep_cache=False, scales=scales)
         refresh = step_in_block == 0 or (cfg.cache_refresh is not None and step_in_block % cfg.cache_refresh == 0)
         if refresh or self.cache is None:
-            return self.full(x, rows, lo, hi, keep_cache=True)
-        return self.cached(x, rows, lo, hi)
+            return self.full(x, rows, lo, hi, keep_cache=True, scales=scales)
+        return self.cached(x, rows, lo, hi), None
 
     def idle_forward(self, x: torch.Tensor) -> None:
         """One forward on one row whose result is thrown away: keeps this rank's forward count equal to the
