@@ -168,3 +168,23 @@ def test_rollout_speed_end_to_end_small(tmp_path, capsys):
     assert "| thr0.9+dual |" in table and "| plain |" in table
     data = json.loads(out.with_suffix(".json").read_text())["results"]
     assert data["plain"]["speed"]["8"]["nfe"] == 24.0 and data["thr0.9+dual"]["speed"]["8"]["nfe"] < 24
+
+
+def test_guidance_sweep_settings_and_report(tmp_path):
+    gs = load("guidance_sweep")
+    sweep = gs.settings([0.0, 1.0, 2.0], ["constant", "late"])
+    assert sweep[0]["name"] == "unguided" and sweep[0]["cfg_scale"] == 0.0
+    assert len(sweep) == 1 + 2 * 2 * 2  # scale 0 once; scale > 0 × schedule × plain / rate-preserving
+    assert {s["name"] for s in sweep[1:]} >= {"s1-late-rate", "s2-constant-plain"}
+    rows = [{**s, "val_accuracy": 0.3 + 0.01 * i, "nfe": 10.0, "val_seconds": 1.0} for i, s in enumerate(sweep)]
+    results = {
+        "args": {"transfer": "threshold", "threshold": 0.9, "late_fraction": 0.5, "val_samples": 4, "test_samples": 4},
+        "tasks": {"countdown": {"rows": rows, "best_on_validation": sweep[-1]["name"],
+                                "test": {"unguided": {"accuracy": 0.25, "nfe": 10.0},
+                                         sweep[-1]["name"]: {"accuracy": 0.5, "nfe": 20.0}},
+                                "test_delta_points": 25.0, "test_mcnemar_p": 0.5}},
+    }
+    gs.write(results, tmp_path / "g")
+    md = (tmp_path / "g.md").read_text()
+    assert "| s2-late-rate | 2 | late | rate-preserving |" in md and "Δ +25.00 points" in md
+    assert json.loads((tmp_path / "g.json").read_text())["tasks"]["countdown"]["best_on_validation"] == "s2-late-rate"
