@@ -12,17 +12,13 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 from test_trainers import _one_thread, dataset, make_model, make_trainer, tokenizer  # noqa: F401
+from test_trainers_distributed import run_two_ranks
 from trl.trainer.utils import RepeatSampler
 
 from dlm_trl.trainers import DiffuGRPOConfig, DMPOConfig, GDPOConfig, GDPOTrainer
@@ -276,17 +272,7 @@ SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_ranks_hold_the_same_pool(tmp_path):
-    script = tmp_path / "run.py"
-    script.write_text(SCRIPT)
-    env = {
-        **os.environ, "DLM_TEST_DIR": str(Path(__file__).parent), "DLM_TEST_OUT": str(tmp_path),
-        "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-    }
-    torchrun = Path(sys.executable).with_name("torchrun")
-    run = subprocess.run([str(torchrun), "--nproc_per_node", "2", str(script)], env=env, timeout=300,
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-4000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = run_two_ranks(SCRIPT, tmp_path)
     assert ranks[0]["rates"] == ranks[1]["rates"] and ranks[0]["replays"] == ranks[1]["replays"]
     assert sum(ranks[0]["replays"].values()) >= 1  # something was replayed
     # each rank holds one of the generation batch's two prompts (its G = 2 rows)

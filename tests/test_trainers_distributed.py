@@ -52,17 +52,24 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_dmpo_groups_split_across_processes(tmp_path):
+def run_two_ranks(script_text: str, tmp_path) -> list:
+    """Run ``script_text`` under ``torchrun --nproc_per_node 2`` (it writes ``$DLM_TEST_OUT/rank{r}.json``)
+    and return the two ranks' JSON."""
     script = tmp_path / "run.py"
-    script.write_text(SCRIPT)
+    script.write_text(script_text)
     env = {
         **os.environ, "DLM_TEST_DIR": str(Path(__file__).parent), "DLM_TEST_OUT": str(tmp_path),
         "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
     }
     torchrun = Path(sys.executable).with_name("torchrun")
-    subprocess.run([str(torchrun), "--nproc_per_node", "2", str(script)], env=env, check=True, timeout=300,
-                   capture_output=True)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    run = subprocess.run([str(torchrun), "--nproc_per_node", "2", str(script)], env=env, timeout=300,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_dmpo_groups_split_across_processes(tmp_path):
+    ranks = run_two_ranks(SCRIPT, tmp_path)
     # Generation batch: 2 rows × 2 ranks × 2 accumulation steps = 8 rows = one group of G = 8, of which each
     # rank holds 4: the weights sum to zero over the gathered group, not over a rank's half.
     for rollout0, rollout1 in zip(ranks[0], ranks[1], strict=True):
