@@ -25,12 +25,13 @@ compare rows by Euclidean distance or cosine, so rows are normalised to unit len
 
 from __future__ import annotations
 
-import difflib
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, Union
 
 import torch
+
+from ..sampling._names import _choice_error
 
 #: One sample: a token-id sequence or a string.
 Sample = Union[Sequence[int], torch.Tensor, str]
@@ -150,9 +151,7 @@ FEATURES: dict[str, type] = {"ngram": NGramFeatures, "embedding": EmbeddingFeatu
 def make_features(name: str, **kwargs: Any) -> Featurizer:
     """The featuriser registered as ``name``, built with ``kwargs`` (``"embedding"`` needs ``fn=``)."""
     if name not in FEATURES:
-        close = difflib.get_close_matches(str(name), list(FEATURES), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown features={name!r}; choose one of {sorted(FEATURES)}.{hint}")
+        raise _choice_error("features", name, sorted(FEATURES))
     if name == "embedding" and "fn" not in kwargs:
         raise ValueError(
             "features='embedding' needs the embedding function: make_features('embedding', fn=...) "

@@ -17,24 +17,17 @@ the result is deterministic.
 
 from __future__ import annotations
 
-import difflib
 import operator
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
+from ..sampling._names import _choice_error
 from .features import Featurizer, Sample, l2_normalize, resolve_features
 
 METHODS = ("entropy", "random", "none")
 #: How ``"entropy"`` picks its first point: ``None`` means ``"best_score"`` with scores, else ``"random"``.
 STARTS = ("random", "farthest_from_mean", "best_score")
-
-
-def _choice_error(name: str, value: Any, choices: Sequence[str]) -> ValueError:
-    close = difflib.get_close_matches(str(value), list(choices), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return ValueError(f"unknown {name}={value!r}; choose one of {list(choices)}.{hint}")
 
 
 def farthest_point(
