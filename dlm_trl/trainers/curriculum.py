@@ -255,9 +255,7 @@ class _CurriculumMixin:
                 f"curriculum: {len(indices)} gathered prompt indices for "
                 f"{None if rewards is None else rewards.shape[0]} rewards (num_generations={G})"
             )
-        weights = self.reward_weights.to(rewards.device)
-        total = (rewards * weights.unsqueeze(0)).nansum(1)  # [N] TRL's reward sum (NaN: unscorable)
-        total = torch.where(torch.isnan(rewards).all(1), torch.full_like(total, float("nan")), total)
+        total = self._total_rewards(rewards)  # [N] (flat_groups.py; NaN: unscorable)
         rates = group_solve_rates(total, G, self.args.curriculum_success_reward).tolist()  # [N/G]
         groups = indices[::G]
         if any(indices[g * G : (g + 1) * G] != [groups[g]] * G for g in range(len(groups))):

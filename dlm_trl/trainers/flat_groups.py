@@ -13,6 +13,12 @@ import torch
 class _FlatGroupsMixin:
     """:meth:`_zero_flat_group_advantages`, called on TRL's batch after each rollout."""
 
+    def _total_rewards(self, rewards: torch.Tensor) -> torch.Tensor:
+        """TRL's weighted reward sum per row, ``[N]`` from ``[N, F]``; NaN where no reward function scored the row."""
+        weights = self.reward_weights.to(rewards.device)
+        total = (rewards * weights.unsqueeze(0)).nansum(1)  # [N]
+        return torch.where(torch.isnan(rewards).all(1), torch.full_like(total, float("nan")), total)
+
     def _zero_flat_group_advantages(self, out: dict) -> None:
         """Advantage exactly 0 for every row of a group whose rewards are all equal (a *flat* group);
         with ``drop_flat_groups`` also ``out["keep_rows"]`` ``[B]`` (0 for those rows), which leaves
@@ -32,9 +38,7 @@ class _FlatGroupsMixin:
         G = self.num_generations if self.model.training else self.num_generations_eval
         if G is None or G <= 1 or rewards.numel() % G:
             return
-        weights = self.reward_weights.to(rewards.device)
-        total = (rewards * weights.unsqueeze(0)).nansum(1)  # [N] TRL's reward sum (NaN: unscorable)
-        total = torch.where(torch.isnan(rewards).all(1), torch.full_like(total, float("nan")), total)
+        total = self._total_rewards(rewards)  # [N]
         grouped = total.view(-1, G)
         hi = grouped.masked_fill(grouped.isnan(), float("-inf")).max(1).values
         lo = grouped.masked_fill(grouped.isnan(), float("inf")).min(1).values
