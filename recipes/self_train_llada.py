@@ -45,7 +45,6 @@ table row is printed per round. ``main(argv)`` returns the report. Unmeasured at
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import os
@@ -60,13 +59,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from dlm_trl.sampling._names import _choice_error  # noqa: E402
+
 SELECTIONS = ("none", "random", "entropy")
 NEAR_COPY = 0.05  # nn_distance's default threshold
-
-
-def _suggest(value, choices) -> str:
-    close = difflib.get_close_matches(str(value), list(choices), n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 @dataclass
@@ -105,8 +101,7 @@ class SelfTrainArguments:
 
     def __post_init__(self):
         if self.selection not in SELECTIONS:
-            raise ValueError(f"unknown selection={self.selection!r}; choose one of {list(SELECTIONS)}."
-                             + _suggest(self.selection, SELECTIONS))
+            raise _choice_error("selection", self.selection, SELECTIONS)
         for name in ("rounds", "keep", "prompts_per_round", "samples_per_prompt", "sft_batch_size",
                      "sample_batch_size", "eval_batch_size"):
             v = getattr(self, name)
@@ -124,10 +119,9 @@ class SelfTrainArguments:
         from dlm_trl.tasks import TASKS
 
         if self.task not in TASKS:
-            raise ValueError(f"unknown task={self.task!r}; choose one of {sorted(TASKS)}." + _suggest(self.task, TASKS))
+            raise _choice_error("task", self.task, sorted(TASKS))
         if self.rollout not in ROLLOUT_PRESETS:
-            raise ValueError(f"unknown rollout={self.rollout!r}; choose one of {sorted(ROLLOUT_PRESETS)}."
-                             + _suggest(self.rollout, ROLLOUT_PRESETS))
+            raise _choice_error("rollout", self.rollout, sorted(ROLLOUT_PRESETS))
 
 
 # ---------------------------------------------------------------------------------------------- pieces

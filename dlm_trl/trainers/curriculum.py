@@ -21,8 +21,10 @@ training set and strips from the rows before TRL sees them (reward functions nev
 iterates the same sampler and applies the same update (the indices and TRL's rewards are gathered over
 processes), so every rank holds the same pool and draws the same replays. The dataloader fetches ahead
 (the optimizer step's micro-batches and accelerate's one-batch prefetch), so a rollout's feedback
-reaches the generation batch after next (a lag of one generation batch). The pool is not saved in
-checkpoints: a resumed run starts with an empty pool. Epochs keep ``RepeatSampler``'s length; replays
+reaches the generation batch after next (a lag of one generation batch). The pool is saved with the
+trainer's rollout state in every checkpoint and restored on resume (the replay draws of the batches the
+resumed dataloader skips are not repeated, so a resumed run is not token-identical to an uninterrupted
+one). Epochs keep ``RepeatSampler``'s length; replays
 take the place of fresh prompts, so an epoch leaves up to that fraction of the fresh prompts unseen.
 """
 
