@@ -52,7 +52,7 @@ rl-compare: $(STAMP)
 # (fixed max_steps), step chosen on validation only; test accuracy final and best-on-validation, validation
 # curves (9 runs, ~4.5 h on 2 CPU cores). Tabulate finished runs only: ... --summarize_only --out_dir DIR.
 recipe-runs: $(STAMP)
-	$(BIN)/python benchmarks/recipe_runs.py
+	$(BIN)/python benchmarks/recipe_runs.py --docs docs/recipe_runs
 
 # Rebuild the embedded model (fixed seed; ~20-30 minutes on 2 CPU cores).
 tiny-model: $(STAMP)

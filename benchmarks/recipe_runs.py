@@ -7,10 +7,10 @@ one run at a time (each has the whole machine). Each recipe trains a fixed numbe
 every few steps and reports test accuracy before training, after it (final) and of the best-on-validation
 checkpoint (``dlm_trl.trainers.recipe_utils.RecipeProtocol``: nothing is chosen on test).
 
-    python benchmarks/recipe_runs.py                       # 3 recipes × 3 seeds = 9 runs × ~30 min ≈ 4.5 h on 2 cores
-    python benchmarks/recipe_runs.py --recipes gdpo --seeds 0
-    python benchmarks/recipe_runs.py --summarize_only --out_dir outputs/recipe_runs   # tables from finished runs
-    python benchmarks/recipe_runs.py --summarize_only --out_dir /tmp/exp14 --docs /tmp/exp14/summary
+    make recipe-runs                                       # 3 recipes × 3 seeds = 9 runs × ~30 min ≈ 4.5 h on 2 cores
+                                                           # (--docs docs/recipe_runs: the committed tables)
+    python benchmarks/recipe_runs.py --recipes gdpo --seeds 0           # tables: outputs/recipe_runs/summary.*
+    python benchmarks/recipe_runs.py --summarize_only --out_dir /tmp/exp14 --docs docs/my_table   # from finished runs
 
 Each run is its own process tree; its wall-clock and peak memory (max RSS over the launcher and
 the recipe, from ``wait4``) go to ``<out_dir>/<algo>_s<seed>/run.json`` next to the recipe's own
@@ -374,7 +374,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--recipes", default="diffu_grpo,gdpo,dmpo", help=f"comma-separated, from {list(NAMES)}")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--out_dir", default="outputs/recipe_runs")
-    p.add_argument("--docs", default=str(ROOT / "docs" / "recipe_runs"), help="path stem of the .md/.json/.png")
+    p.add_argument("--docs", default=None,
+                   help="path stem of the .md/.json/.png (default <out_dir>/summary; `make recipe-runs` writes "
+                   "docs/recipe_runs, the committed tables)")
     p.add_argument("--launcher", default="accelerate launch", help="command that runs a recipe script")
     p.add_argument("--rerun", action="store_true", help="repeat runs that already have a report.json")
     p.add_argument("--summarize_only", action="store_true", help="only tabulate finished runs")
@@ -401,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = collect(out_dir, recipes, seeds, opts.layout)
     if not runs:
         raise SystemExit(f"no finished runs under {out_dir} (layout {opts.layout})")
-    print(summarize(runs, Path(opts.docs)))
+    print(summarize(runs, Path(opts.docs) if opts.docs else out_dir / "summary"))
 
 
 if __name__ == "__main__":

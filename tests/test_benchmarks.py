@@ -79,6 +79,18 @@ def test_recipe_runs_runs_every_recipe_and_seed_and_tabulates(tmp_path, capsys):
         recipe_runs.main([*argv[:-1], f"{sys.executable} {fake} boom", "--rerun"])
 
 
+def test_recipe_runs_writes_its_tables_next_to_the_runs_by_default(tmp_path):
+    """Without --docs the tables go to <out_dir>/summary.*, never over the committed docs/recipe_runs.*."""
+    recipe_runs = load("recipe_runs")
+    runs = tmp_path / "runs"
+    _write_run(runs / "gdpo_s0", {**OLD_STYLE, "heldout_after": {"accuracy": 0.38, "num_samples": 400}})
+    committed = ROOT / "docs" / "recipe_runs.md"
+    before = committed.read_bytes() if committed.exists() else None
+    recipe_runs.main(["--summarize_only", "--recipes", "gdpo", "--seeds", "0", "--out_dir", str(runs)])
+    assert "| GDPO |" in (runs / "summary.md").read_text() and (runs / "summary.json").exists()
+    assert (committed.read_bytes() if committed.exists() else None) == before
+
+
 def test_recipe_runs_rejects_unknown_recipe(tmp_path):
     with pytest.raises(SystemExit, match="unknown recipe"):
         load("recipe_runs").main(["--recipes", "gdpo,grpo", "--out_dir", str(tmp_path)])
