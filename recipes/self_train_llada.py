@@ -200,10 +200,9 @@ def sft_examples(tokenizer, pairs, gen_length: int) -> tuple[list[list[int]], li
 
 def fine_tune(module, tokenizer, prompts, answers, *, steps: int, batch_size: int, lr: float, weight_decay: float,
               max_grad_norm: float, seed: int, mask_token_id: int) -> list[float]:
-    """``steps`` AdamW steps of LLaDA's SFT loss (:func:`dlm_trl.masking.sft_loss`) on the pairs, batches drawn
+    """``steps`` AdamW steps of LLaDA's SFT loss (:func:`dlm_trl.models.tiny.train.sft_step`) on the pairs, batches drawn
     without replacement (reshuffled every epoch) from a seeded generator; returns the loss of every step."""
-    from dlm_trl.masking import sample_times, sft_loss
-    from dlm_trl.models.tiny.train import make_batch
+    from dlm_trl.models.tiny.train import sft_step
 
     if steps == 0 or not prompts:
         return []
@@ -219,15 +218,7 @@ def fine_tune(module, tokenizer, prompts, answers, *, steps: int, batch_size: in
             if not order:
                 order = torch.randperm(len(prompts), generator=gen).tolist()
             idx.append(order.pop())
-        ids, plen, att = make_batch(prompts, answers, idx, pad)
-        t = sample_times(len(idx), generator=gen, stratified=True)[torch.randperm(len(idx), generator=gen)]
-        loss = sft_loss(module, ids.to(module.device), plen.to(module.device), mask_token_id, generator=gen,
-                        attention_mask=att.to(module.device), t=t.to(module.device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), max_grad_norm)
-        opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(sft_step(module, opt, prompts, answers, idx, pad, mask_token_id, gen, max_grad_norm))
     module.eval()
     return losses
 
@@ -436,7 +427,7 @@ def main(argv: list[str] | None = None) -> dict:
         times["eval"] = time.time() - t
         times = {k: round(v, 2) for k, v in times.items()}
         times["total"] = round(sum(times.values()), 2)
-        k = min(4, max(1, len(losses) // 2))
+        k = min(4, max(1, len(losses) // 2))  # average the first / last k steps (no steps: None)
         entry = {
             "round": rnd, "num_prompts": len(rows), "num_generated": len(samples),
             "verified": sum(s["verified"] for s in samples),
@@ -446,8 +437,8 @@ def main(argv: list[str] | None = None) -> dict:
             "kept_keys": [[s["round"], s["row"], s["sample"]] for s in kept],
             "val_accuracy": val and val["accuracy"], "test_accuracy": test and test["accuracy"],
             "generated": diversity(gen_ids), "kept_diversity": diversity(kept_ids), **mem,
-            "sft_loss_first": (sum(losses[:k]) / k) if k else None,  # mean of the first / last (up to) 4 steps
-            "sft_loss_last": (sum(losses[-k:]) / k) if k else None,
+            "sft_loss_first": (sum(losses[:k]) / k) if losses else None,  # mean of the first / last (up to) 4 steps
+            "sft_loss_last": (sum(losses[-k:]) / k) if losses else None,
             "sft_losses": [round(x, 4) for x in losses],
             "seconds": times,
         }

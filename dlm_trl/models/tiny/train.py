@@ -128,6 +128,21 @@ def make_batch(prompts, answers, idx, pad_id):
 
 
 
+def sft_step(model, opt, prompts, answers, idx, pad_id, mask_token_id, generator, max_grad_norm: float = 1.0) -> float:
+    """One optimizer step of LLaDA's SFT loss on the pairs ``idx``: stratified mask times (shuffled), the loss,
+    clipped gradients, ``opt.step()``; returns the loss. Every random draw comes from ``generator``."""
+    ids, plen, att = make_batch(prompts, answers, idx, pad_id)
+    t = sample_times(len(idx), generator=generator, stratified=True)[torch.randperm(len(idx), generator=generator)]
+    device = next(model.parameters()).device
+    loss = sft_loss(model, ids.to(device), plen.to(device), mask_token_id, generator=generator,
+                    attention_mask=att.to(device), t=t.to(device))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    opt.step()
+    return float(loss.detach())
+
+
 def write_portable_tokenizer_config(folder: Path) -> None:
     """Rewrite ``tokenizer_config.json`` in the form transformers 4.x and 5.x both read.
 
@@ -226,14 +241,8 @@ def main(argv: list[str] | None = None) -> dict:
         name = rng.choices(names, weights)[0]
         prompts, answers = data[name]
         idx = [rng.randrange(len(prompts)) for _ in range(args.batch_size)]
-        ids, plen, att = make_batch(prompts, answers, idx, tokenizer.pad_token_id)
-        t = sample_times(len(idx), generator=gen, stratified=True)[torch.randperm(len(idx), generator=gen)]
-        loss = sft_loss(model, ids, plen, config.mask_token_id, generator=gen, attention_mask=att, t=t)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        loss = sft_step(model, opt, prompts, answers, idx, tokenizer.pad_token_id, config.mask_token_id, gen)
+        ema = loss if ema is None else 0.98 * ema + 0.02 * loss
         if step % 50 == 0 or step == 1:
             print(f"[tiny] step {step} loss {ema:.4f} lr {lr:.2e} {time.time() - t0:.0f}s", flush=True)
         if time.time() > deadline:
