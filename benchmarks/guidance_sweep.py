@@ -74,6 +74,7 @@ def run(model, tok, task: str, setting: dict, split: str, n: int, args) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="tiny", help="model to sweep: 'tiny' (the embedded model) or a checkpoint folder")
     p.add_argument("--tasks", default="countdown,sudoku")
     p.add_argument("--scales", default="0.5,1,2")
     p.add_argument("--schedules", default="constant,linear,late")
@@ -93,8 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
     scales = [float(s) for s in args.scales.split(",") if s.strip()]
     schedules = [s.strip() for s in args.schedules.split(",") if s.strip()]
     sweep = settings(scales, schedules)
-    model, tok = load("tiny")
-    results: dict = {"args": vars(args), "tasks": {}}
+    model, tok = load(args.model)
+    command = " ".join(["python benchmarks/guidance_sweep.py", *(argv if argv is not None else sys.argv[1:])])
+    results: dict = {"args": vars(args), "command": command, "tasks": {}}
     for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
         rows = []
         for st in sweep:
@@ -122,9 +124,10 @@ def write(results: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     a = results["args"]
     lines = [
-        "# Classifier-free guidance on the embedded model",
+        "# Classifier-free guidance on the embedded model" if a.get("model", "tiny") == "tiny"
+        else f"# Classifier-free guidance on `{a['model']}`",
         "",
-        f"`python benchmarks/guidance_sweep.py` — greedy, transfer `{a['transfer']}`"
+        f"`{results.get('command', 'python benchmarks/guidance_sweep.py')}` — greedy, transfer `{a['transfer']}`"
         + (f" (threshold {a['threshold']})" if a["transfer"] == "threshold" else "")
         + f", late schedule from a masked fraction ≤ {a['late_fraction']}; validation = {a['val_samples']} "
         f"prompts per setting, test = {a['test_samples']} prompts for the unguided decoder and the "

@@ -127,17 +127,6 @@ class SelfTrainArguments:
 # ---------------------------------------------------------------------------------------------- pieces
 
 
-def _autocast(dtype_name: str | None):
-    from contextlib import nullcontext
-
-    from dlm_trl.trainers.recipe_utils import cpu_rollout_autocast_dtype
-
-    name = cpu_rollout_autocast_dtype() if dtype_name == "auto" else dtype_name
-    if name in (None, "none", "None", "float32"):
-        return nullcontext()
-    return torch.autocast("cpu", dtype=getattr(torch, name))
-
-
 def sample_completions(dlm, tokenizer, rows, args: SelfTrainArguments, round_seed: int, *, desc: str = "sample"):
     """``samples_per_prompt`` completions per row at ``temperature`` → list of dicts
     ``{row, sample, completion, ids}`` (``ids``: the completion's token ids up to, not including, its first EOS).
@@ -145,6 +134,7 @@ def sample_completions(dlm, tokenizer, rows, args: SelfTrainArguments, round_see
     depend on the batch size."""
     from dlm_trl.evaluation import decode_completions, encode_prompts, row_generator, sampler_config_for
     from dlm_trl.sampling import generate
+    from dlm_trl.trainers.recipe_utils import autocast_context
 
     config = sampler_config_for(args.task, dlm.family, temperature=args.temperature, rollout=args.rollout)
     S = args.samples_per_prompt
@@ -159,7 +149,7 @@ def sample_completions(dlm, tokenizer, rows, args: SelfTrainArguments, round_see
             chunk = flat[start : start + args.sample_batch_size]
             ids, att = encode_prompts(tokenizer, [rows[i]["prompt"] for i, _ in chunk], device=dlm.device)
             gens = [row_generator(round_seed, i * S + j) for i, j in chunk]
-            with torch.no_grad(), _autocast(args.rollout_autocast_dtype):
+            with torch.no_grad(), autocast_context(args.rollout_autocast_dtype):
                 res = generate(dlm, ids, config=config, prompt_attention_mask=att, generator=gens)
             texts = decode_completions(tokenizer, res.completion_ids, res.completion_mask)
             for (i, j), text, cids, cmask in zip(chunk, texts, res.completion_ids.tolist(),

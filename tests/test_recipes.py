@@ -23,6 +23,7 @@ from dlm_trl.trainers import recipe_utils  # noqa: E402
 from dlm_trl.trainers.recipe_utils import (  # noqa: E402
     ParameterSnapshot,
     RecipeArguments,
+    autocast_context,
     cpu_rollout_autocast_dtype,
     set_torch_threads,
 )
@@ -90,6 +91,18 @@ def test_no_argument_defaults_are_the_tiny_cpu_settings(algo):
     assert args.rollout_autocast_dtype == cpu_rollout_autocast_dtype()  # bf16 rollouts where the CPU has bf16
     # 256 completions per optimizer step: smaller batches lowered held-out accuracy (README)
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps >= 256
+
+
+def test_autocast_context_names():
+    x = torch.randn(2, 3)
+    for off in (None, "none", "float32"):
+        with autocast_context(off):
+            assert (x @ x.T).dtype == torch.float32
+    with autocast_context("bfloat16"):
+        assert (x @ x.T).dtype == torch.bfloat16
+    with autocast_context("auto"):  # bf16 exactly where the CPU has native bf16 matmuls
+        want = torch.bfloat16 if cpu_rollout_autocast_dtype() == "bfloat16" else torch.float32
+        assert (x @ x.T).dtype == want
 
 
 # Measured on 2 idle cores, 256 completions per step (README); a greedy evaluation takes ~0.1 s per prompt.

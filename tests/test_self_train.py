@@ -151,3 +151,50 @@ def test_benchmark_tables_and_bad_selections(reports, tmp_path):
         bench.main(["--selections", "none,best", "--docs", str(tmp_path)])
     with pytest.raises(SystemExit):
         bench.main(["--selection", "none", "--docs", str(tmp_path)])
+
+
+def _reseeded(report: dict, seed: int, shift: float) -> dict:
+    """A copy of ``report`` labelled with another seed and its final test accuracy shifted (table arithmetic only)."""
+    r = json.loads(json.dumps({k: v for k, v in report.items() if k != "_dir"}))
+    r["args"]["seed"] = seed
+    r["test_final"] = r["rounds"][-1]["test_accuracy"] = r["test_final"] + shift
+    return r
+
+
+def test_benchmark_multi_seed_summary_and_paired_differences(reports, tmp_path):
+    bench = _load("benchmarks/self_train.py", "bench_self_train_test_seeds")
+    runs = {s: {sel: _reseeded(reports[sel], s, shift) for sel, shift in (("none", 0.0), ("random", 0.01 * s),
+                                                                           ("entropy", 0.02 * s + 0.01))}
+            for s in (0, 1, 2)}
+    md = bench.markdown(runs, "python benchmarks/self_train.py --seeds 0,1,2")
+    assert "seeds 0, 1, 2" in md and "mean ± sd over 3 seeds" in md
+    # entropy − none per seed: +1, +3, +5 points → mean +3.00, sd 2.00, t(2) half-width 4.303·2/√3 = 4.97
+    row = next(line for line in md.splitlines() if line.startswith("| entropy − none |"))
+    assert "+3.00 ± 2.00 (95 % CI [-1.97, +7.97])" in row
+    row = next(line for line in md.splitlines() if line.startswith("| random − none |"))
+    assert "+1.00 ± 1.00" in row
+    assert md.count("<details><summary>seed ") == 9
+    bench.plot(runs, tmp_path / "st.png")
+    assert (tmp_path / "st.png").stat().st_size > 0
+
+
+def test_benchmark_reuses_matching_runs_and_refuses_others(reports, tmp_path, capsys):
+    bench = _load("benchmarks/self_train.py", "bench_self_train_test_resume")
+    assert TINY[-2:] == ["--seed", "0"]
+    flags = TINY[:-2]  # the benchmark takes --seeds
+    out = tmp_path / "runs"
+    (out / "s0" / "none").mkdir(parents=True)
+    saved = {k: v for k, v in reports["none"].items() if k != "_dir"}
+    (out / "s0" / "none" / "report.json").write_text(json.dumps(saved))
+    runs = bench.main([*flags, "--seeds", "0", "--selections", "none", "--output_root", str(out),
+                       "--docs", str(tmp_path / "docs")])
+    assert "reusing" in capsys.readouterr().out and runs[0]["none"]["rounds"] == saved["rounds"]
+    assert (tmp_path / "docs" / "self_train.md").exists()
+    with pytest.raises(SystemExit, match="other settings \\(keep\\)"):
+        keep = flags.index("--keep") + 1
+        bench.main([*flags[:keep], "4", *flags[keep + 1 :], "--seeds", "0", "--selections", "none",
+                    "--output_root", str(out), "--docs", str(tmp_path / "docs")])
+    with pytest.raises(SystemExit):
+        bench.main(["--seeds", "0,1", "--seed", "2", "--docs", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        bench.main(["--seeds", "a,b", "--docs", str(tmp_path)])

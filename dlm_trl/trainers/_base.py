@@ -67,7 +67,6 @@ re-exported, so imports from ``dlm_trl.trainers._base`` keep working.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import warnings
@@ -297,10 +296,9 @@ class _DLMTrainerBase(
 
     def _rollout_autocast(self, device: torch.device):
         """``torch.autocast`` in ``args.rollout_autocast_dtype`` for the sampler (a null context when unset)."""
-        name = self.args.rollout_autocast_dtype
-        if name is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, name))
+        from .recipe_utils import autocast_context
+
+        return autocast_context(self.args.rollout_autocast_dtype, torch.device(device).type)
 
     # ------------------------------------------------------------------ TRL hooks
 

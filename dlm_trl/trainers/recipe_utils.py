@@ -157,6 +157,21 @@ def cpu_rollout_autocast_dtype() -> str | None:
         return None
 
 
+def autocast_context(dtype_name: str | None, device_type: str = "cpu"):
+    """``torch.autocast(device_type, dtype)`` for a rollout dtype name, or a null context.
+
+    ``None`` / ``"none"`` / ``"float32"`` → no autocast; ``"auto"`` → :func:`cpu_rollout_autocast_dtype`
+    (bf16 where this CPU has native bf16 matmuls, else none); any other name is a ``torch`` dtype
+    (``"bfloat16"``, ``"float16"``). The trainers' rollouts and the self-train recipe's sampling share it.
+    """
+    import contextlib
+
+    name = cpu_rollout_autocast_dtype() if dtype_name == "auto" else dtype_name
+    if name is None or str(name).lower() in ("none", "float32", ""):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=getattr(torch, name))
+
+
 def load_policy(model_args, training_args):
     """``(model, tokenizer, peft_config)`` for ``ModelConfig`` (``model_name_or_path`` unset → the tiny model).
 

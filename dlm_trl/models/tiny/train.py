@@ -14,6 +14,12 @@ only *partially* competent: RL needs headroom.
    are EOS-padded to the task's generation length, as in LLaDA's SFT, so the model learns
    to end its answer.
 3. An evaluation on held-out puzzles with the d1 protocol (temperature 0) is printed.
+
+Variants for experiments (the shipped checkpoint is the default run): ``--init-from`` continues from a
+checkpoint and ``--task-mix`` chooses the tasks, e.g. a Sudoku-capable model for the Sudoku benchmarks::
+
+    python -m dlm_trl.models.tiny.train --init-from dlm_trl/models/tiny/checkpoint --task-mix sudoku=1 \
+        --steps 400 --warmup 50 --lr 3e-4 --eval-split validation --output-dir outputs/tiny_sudoku
 """
 
 from __future__ import annotations
@@ -51,6 +57,29 @@ CHAT_TEMPLATE = (
 # Only Countdown (the default task) is trained: the step budget is small and Sudoku's
 # long answers would cost a third of it. Sudoku text still shapes the tokenizer.
 TASK_MIX = {"countdown": 1.0}
+TRAINABLE_TASKS = ("countdown", "sudoku")  # the synthetic tasks with gold solutions (`--task-mix`)
+
+
+def parse_task_mix(text: str) -> dict[str, float]:
+    """``"countdown=0.7,sudoku=0.3"`` → ``{"countdown": 0.7, "sudoku": 0.3}`` (a bare name weighs 1)."""
+    mix: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, _, weight = part.partition("=")
+        name = name.strip()
+        if name not in TRAINABLE_TASKS:
+            raise ValueError(f"--task-mix: unknown task {name!r}; the tiny model trains on {list(TRAINABLE_TASKS)}")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"--task-mix: weight of {name!r} must be a number, got {weight!r}") from None
+        if not w > 0:
+            raise ValueError(f"--task-mix: weight of {name!r} must be > 0, got {w:g}")
+        mix[name] = w
+    if not mix:
+        raise ValueError(f"--task-mix names no task; use e.g. 'sudoku=1' (tasks: {list(TRAINABLE_TASKS)})")
+    return mix
 
 
 def build_tokenizer(corpus: list[str], vocab_size: int):
@@ -174,7 +203,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--train-puzzles", type=int, default=3400, help="countdown training puzzles (Sudoku puzzles are drawn for the tokenizer corpus only)")
+    ap.add_argument(
+        "--task-mix", default=None,
+        help="tasks to train on and their sampling weights, e.g. 'sudoku=1' or 'countdown=0.7,sudoku=0.3' "
+        f"(default {','.join(f'{k}={v:g}' for k, v in TASK_MIX.items())}: the shipped model)",
+    )
+    ap.add_argument(
+        "--sudoku-puzzles", type=int, default=None,
+        help="sudoku training puzzles (default max(200, train-puzzles // 4), used only for the tokenizer corpus "
+        "unless sudoku is in --task-mix)",
+    )
     ap.add_argument("--eval-samples", type=int, default=200)
+    ap.add_argument("--eval-split", default="test", choices=("validation", "test"),
+                    help="split of the held-out evaluation printed at the end (one per trained task)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave default)")
     ap.add_argument(
         "--init-from", default=None,
@@ -188,7 +229,9 @@ def main(argv: list[str] | None = None) -> dict:
     from ...tasks import get_task
 
     t0 = time.time()
-    n_train = {"countdown": args.train_puzzles, "sudoku": max(200, args.train_puzzles // 4)}
+    mix = parse_task_mix(args.task_mix) if args.task_mix else dict(TASK_MIX)
+    n_sudoku = args.sudoku_puzzles if args.sudoku_puzzles is not None else max(200, args.train_puzzles // 4)
+    n_train = {"countdown": args.train_puzzles, "sudoku": n_sudoku}
     task_rows = {name: get_task(name).rows("train", n, seed=args.seed) for name, n in n_train.items()}
     if args.init_from:
         from transformers import AutoTokenizer
@@ -198,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer = build_tokenizer(_corpus(task_rows), args.vocab_size)
     data = {}
     for name, rows in task_rows.items():
-        if name not in TASK_MIX:
+        if name not in mix:
             continue
         task = get_task(name)
         data[name] = encode_examples(tokenizer, rows, task.gen_length)
@@ -229,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     gen = torch.Generator().manual_seed(args.seed)
     rng = random.Random(args.seed)
-    names, weights = zip(*TASK_MIX.items(), strict=True)
+    names, weights = zip(*mix.items(), strict=True)
     deadline = time.time() + 60 * args.max_minutes
     model.train()
     step, ema = 0, None
@@ -268,11 +311,17 @@ def main(argv: list[str] | None = None) -> dict:
         "seed": args.seed,
         "final_loss_ema": round(ema, 4),
     }
+    if args.task_mix:
+        info["task_mix"] = mix
     try:
         from ...evaluation import evaluate
 
-        res = evaluate("countdown", model_name_or_path=str(out), num_samples=args.eval_samples, seed=0)
-        info["heldout_countdown_accuracy"] = res["accuracy"]
+        for name in mix:
+            res = evaluate(name, model_name_or_path=str(out), num_samples=args.eval_samples, seed=0,
+                           split=args.eval_split)
+            info[f"heldout_{name}_accuracy"] = res["accuracy"]
+        if args.eval_split != "test":
+            info["heldout_split"] = args.eval_split
     except ImportError as err:  # the evaluation module is optional while bootstrapping
         print(f"[tiny] skipping evaluation: {err}")
     (out / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
