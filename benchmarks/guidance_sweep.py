@@ -75,6 +75,8 @@ def run(model, tok, task: str, setting: dict, split: str, n: int, args) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny", help="model to sweep: 'tiny' (the embedded model) or a checkpoint folder")
+    p.add_argument("--device", default=None, help="e.g. cuda (default: where the model loads, CPU)")
+    p.add_argument("--dtype", default=None, help="e.g. bfloat16 for a real checkpoint (default: the checkpoint's)")
     p.add_argument("--tasks", default="countdown,sudoku")
     p.add_argument("--scales", default="0.5,1,2")
     p.add_argument("--schedules", default="constant,linear,late")
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     scales = [float(s) for s in args.scales.split(",") if s.strip()]
     schedules = [s.strip() for s in args.schedules.split(",") if s.strip()]
     sweep = settings(scales, schedules)
-    model, tok = load(args.model)
+    model, tok = load(args.model, device=args.device, dtype=args.dtype)
     command = " ".join(["python benchmarks/guidance_sweep.py", *(argv if argv is not None else sys.argv[1:])])
     results: dict = {"args": vars(args), "command": command, "tasks": {}}
     for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
