@@ -257,9 +257,12 @@ def plot(runs: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _same_settings(a: dict, b: dict) -> bool:
-    ignore = {"output_dir", "progress", "torch_threads"}
-    return {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
+RUN_ONLY = ("output_dir", "progress", "torch_threads")  # settings that do not change a run's results
+
+
+def differing_settings(old: dict, want: dict) -> list[str]:
+    """The recipe settings (other than :data:`RUN_ONLY`) in which a saved run differs from the one asked for."""
+    return sorted(k for k in set(old) | set(want) if k not in RUN_ONLY and old.get(k) != want.get(k))
 
 
 def main(argv: list[str] | None = None) -> dict[int, dict[str, dict]]:
@@ -303,10 +306,12 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, dict]]:
             if done.exists():
                 old = json.loads(done.read_text())
                 want = asdict(recipe.parse_args(run_argv))
-                if not _same_settings(old["args"], want):
-                    diff = sorted(k for k in want if old["args"].get(k) != want[k] and k not in ("output_dir", "progress", "torch_threads"))
-                    raise SystemExit(f"[self_train benchmark] {done} was made with other settings ({', '.join(diff)}); "
-                                     "delete that folder or choose another --output_root")
+                diff = differing_settings(old["args"], want)
+                if diff:
+                    raise SystemExit(
+                        f"[self_train benchmark] {done} was made with other settings ({', '.join(diff)}); "
+                        "delete that folder or choose another --output_root"
+                    )
                 print(f"[self_train benchmark] seed={seed} selection={sel}: reusing {done}", flush=True)
                 runs[seed][sel] = old
                 continue
