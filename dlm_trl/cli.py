@@ -92,10 +92,14 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _plugins(args: argparse.Namespace) -> int:
-    from .registry import ESTIMATORS, REWARDS, available
+    from .registry import ESTIMATORS, REWARDS, available, describe
 
     for group in (ESTIMATORS, REWARDS):
-        print(f"{group}: {', '.join(available(group)) or 'none'}")
+        names = available(group)
+        print(f"{group}: {'' if names else 'none'}")
+        width = max((len(n) for n in names), default=0)
+        for name in names:
+            print(f"  {name:<{width}}  {describe(group, name)}")
     return 0
 
 

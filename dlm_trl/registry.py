@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
+import re
 import importlib.metadata as md
 from typing import Any
 
@@ -45,6 +47,25 @@ def _entry_points(group: str) -> dict[str, md.EntryPoint]:
 def available(group: str) -> list[str]:
     """Names of the installed plugins of ``group``, sorted."""
     return sorted(_entry_points(group))
+
+
+def describe(group: str, name: str) -> str:
+    """One line about the plugin ``name`` of ``group``: the first sentence of its docstring.
+
+    Imports the plugin; a plugin that fails to import is described by its error instead of
+    raising, so that listing plugins never fails because of one broken package.
+    """
+    try:
+        obj = load(group, name)
+    except Exception as err:  # noqa: BLE001 - any import failure becomes the description
+        return f"(fails to import: {err})"
+    doc = inspect.getdoc(obj) or ""
+    first = " ".join(doc.strip().split("\n\n")[0].split())
+    if not first:
+        return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', name)} (no docstring)"
+    # the "``name``: " prefix some estimators start their docstring with repeats the name
+    first = re.sub(rf"^``{re.escape(name)}``\s*[:—-]\s*", "", first)
+    return first
 
 
 def _import_path(path: str) -> Any:

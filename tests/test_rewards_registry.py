@@ -50,6 +50,26 @@ def test_third_party_reward_found_by_name(foo_distribution):
     assert wrapped(None, ["abc"]) == [3.0]
 
 
+def test_describe_gives_each_plugin_one_line(foo_distribution, tmp_path, capsys):
+    from dlm_trl.cli import main
+
+    # no docstring: says so; a docstring: its first paragraph on one line; a broken plugin: its error
+    assert "no docstring" in registry.describe(registry.REWARDS, "foo_length")
+    (tmp_path / "foo_broken.py").write_text("raise RuntimeError('boom at import')\n")
+    ep = tmp_path / "foo-0.1.dist-info" / "entry_points.txt"
+    ep.write_text(ep.read_text() + "foo_broken = foo_broken:reward\n")
+    assert "fails to import" in registry.describe(registry.REWARDS, "foo_broken")
+    assert "boom at import" in registry.describe(registry.REWARDS, "foo_broken")
+    desc = registry.describe(registry.ESTIMATORS, "double_mc_elbo")
+    assert "\n" not in desc and desc.startswith("K random times")  # the "``name``: " prefix is dropped
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    for name in FIRST_PARTY + ["sdmc_elbo", "foo_length", "foo_broken"]:
+        line = next(ln for ln in out.splitlines() if ln.split() and ln.split()[0] == name)
+        assert len(line.split(None, 1)) == 2  # every plugin has a description
+    sys.modules.pop("foo_broken", None)
+
+
 def test_unknown_name_suggests_the_closest(foo_distribution):
     with pytest.raises(registry.PluginNotFoundError, match="Did you mean 'foo_length'"):
         registry.load_reward("foo_lenght")

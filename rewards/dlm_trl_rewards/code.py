@@ -763,8 +763,13 @@ def make_code_unit_tests(
 
 
 code_unit_tests = make_code_unit_tests()
-code_unit_tests.__doc__ = __doc__
+code_unit_tests.__doc__ = (
+    "Unit-test rewards: 1.0 when all of a row's tests pass, else 0.0, every program run in a sandbox.\n\n" + __doc__
+)
 code_unit_tests.__module__ = __name__
 code_unit_tests_partial = make_code_unit_tests(partial_credit=True)
-code_unit_tests_partial.__doc__ = __doc__
+code_unit_tests_partial.__doc__ = (
+    "Partial-credit unit-test rewards: the fraction of a row's tests that pass, every program run in a sandbox.\n\n"
+    + __doc__
+)
 code_unit_tests_partial.__module__ = __name__
