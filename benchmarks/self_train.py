@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import os
 import statistics
 import sys
@@ -36,7 +35,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # recipe_runs (t975)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # recipe_runs (paired_gain)
+from recipe_runs import paired_gain  # noqa: E402  (one definition of the paired-difference cell)
+
 SELECTIONS = ("none", "random", "entropy")
 
 
@@ -75,19 +76,6 @@ def _ms(xs: list, scale: float = 1.0, digits: int = 1) -> str:
         return "–"
     m, sd = _stats(xs)
     return f"{m:.{digits}f}" if sd is None else f"{m:.{digits}f} ± {sd:.{digits}f}"
-
-
-def paired(diffs: list[float]) -> str:
-    """Paired differences over seeds (points): per-seed values, mean ± sd and the 95 % t-interval."""
-    from recipe_runs import t975
-
-    if not diffs:
-        return "–"
-    m, sd = _stats(diffs)
-    if sd is None:
-        return f"{m:+.2f} (one seed)"
-    half = t975(len(diffs) - 1) * sd / math.sqrt(len(diffs))
-    return f"{m:+.2f} ± {sd:.2f} (95 % CI [{m - half:+.2f}, {m + half:+.2f}])"
 
 
 def _round_table(r: dict) -> list[str]:
@@ -177,7 +165,7 @@ def markdown(runs: dict, command: str) -> str:
         if x in selections and y in selections:
             dt = [100 * (runs[s][x]["test_final"] - runs[s][y]["test_final"]) for s in seeds]
             dv = [100 * (last(runs[s][x])["val_accuracy"] - last(runs[s][y])["val_accuracy"]) for s in seeds]
-            lines.append(f"| {x} − {y} | {paired(dt)} | {paired(dv)} |")
+            lines.append(f"| {x} − {y} | {paired_gain(dt)} | {paired_gain(dv)} |")
     lines += ["", "## Per round, mean ± sd over seeds", ""]
     for sel in selections:
         lines += [f"### selection = {sel}", "",

@@ -170,7 +170,7 @@ def test_benchmark_multi_seed_summary_and_paired_differences(reports, tmp_path):
     assert "seeds 0, 1, 2" in md and "mean ± sd over 3 seeds" in md
     # entropy − none per seed: +1, +3, +5 points → mean +3.00, sd 2.00, t(2) half-width 4.303·2/√3 = 4.97
     row = next(line for line in md.splitlines() if line.startswith("| entropy − none |"))
-    assert "+3.00 ± 2.00 (95 % CI [-1.97, +7.97])" in row
+    assert "+3.00 ± 2.00 (n=3; 95 % CI [-1.97, +7.97])" in row
     row = next(line for line in md.splitlines() if line.startswith("| random − none |"))
     assert "+1.00 ± 1.00" in row
     assert md.count("<details><summary>seed ") == 9
