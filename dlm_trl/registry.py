@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.metadata as md
 import inspect
 import re
-import importlib.metadata as md
 from typing import Any
 
 ESTIMATORS = "dlm_trl.estimators"
