@@ -22,26 +22,12 @@ evaluated when, and why nothing is chosen on test — is in :mod:`dlm_trl.traine
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from trl import ModelConfig, TrlParser  # noqa: E402
-
-from dlm_trl.rewards import resolve_rewards  # noqa: E402
-from dlm_trl.sampling import keep_freed_memory  # noqa: E402
-from dlm_trl.tasks import get_task  # noqa: E402
 from dlm_trl.trainers import DiffuGRPOConfig, DiffuGRPOTrainer  # noqa: E402
-from dlm_trl.trainers.recipe_utils import (  # noqa: E402
-    RecipeArguments,
-    RecipeProtocol,
-    cpu_rollout_autocast_dtype,
-    load_policy,
-    save_model,
-    set_torch_threads,
-    train_dataset,
-)
+from dlm_trl.trainers.recipe_utils import cpu_rollout_autocast_dtype, run_recipe  # noqa: E402
 
 # Defaults for the embedded tiny model on 2 CPU cores (applied only without --config).
 # Each optimizer step sees 256 completions (32 prompts x 8), each rollout is used once (num_iterations=1):
@@ -89,35 +75,7 @@ TINY_DEFAULTS = dict(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "--config" not in argv:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tiny model never needs the network
-    parser = TrlParser((RecipeArguments, DiffuGRPOConfig, ModelConfig))
-    if "--config" not in argv:
-        parser.set_defaults_with_config(**TINY_DEFAULTS)
-    script_args, training_args, model_args = parser.parse_args_and_config(argv)
-    set_torch_threads(script_args.torch_threads)
-    keep_freed_memory()  # dlm_trl.sampling.memory: page faults were half of a rollout's time
-
-    reward_funcs = resolve_rewards(script_args.reward_funcs or [get_task(script_args.task).reward])
-    model, tokenizer, peft_config = load_policy(model_args, training_args)
-    protocol = RecipeProtocol(script_args, training_args)
-    trainer = DiffuGRPOTrainer(
-        model=model,
-        reward_funcs=reward_funcs,
-        args=training_args,
-        train_dataset=train_dataset(script_args),
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=protocol.callbacks,  # validation curve + best checkpoint, reward curve, time cap
-    )
-    protocol.attach(trainer)
-    trainer.train()  # the protocol evaluates test (before) and validation at the start, then every few steps
-    save_model(trainer, training_args.output_dir)  # the final model (ZeRO-3: consolidated, not a DS checkpoint)
-    # test accuracy of the final and of the best-on-validation model (saved to output_dir/best); report.json
-    return protocol.report(
-        title=f"diffu-GRPO · {model_args.model_name_or_path} · {script_args.task}", algorithm="diffu-GRPO"
-    )
+    return run_recipe(DiffuGRPOTrainer, DiffuGRPOConfig, TINY_DEFAULTS, argv, name="diffu-GRPO")
 
 
 if __name__ == "__main__":

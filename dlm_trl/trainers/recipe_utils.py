@@ -605,3 +605,44 @@ __all__ = [
     "build_report", "heldout_eval", "load_policy", "run_summary", "save_model", "summary_line", "train_dataset",
     "task_data_kwargs", "write_report",
 ]
+
+
+def run_recipe(trainer_cls, config_cls, tiny_defaults: dict, argv: list[str] | None, *, name: str) -> dict:
+    """What every ``recipes/<algo>_llada.py`` does: parse ``RecipeArguments`` + ``config_cls`` + ``ModelConfig``
+    (the tiny defaults apply only without ``--config``), load the policy, train ``trainer_cls`` under the
+    :class:`RecipeProtocol` (test before; validation every few steps; best-on-validation kept), save the final
+    model and return ``report.json``'s dict (test accuracy of the final and of the best model)."""
+    import sys
+
+    from trl import ModelConfig, TrlParser
+
+    from ..rewards import resolve_rewards
+    from ..sampling import keep_freed_memory
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--config" not in argv:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tiny model never needs the network
+    parser = TrlParser((RecipeArguments, config_cls, ModelConfig))
+    if "--config" not in argv:
+        parser.set_defaults_with_config(**tiny_defaults)
+    script_args, training_args, model_args = parser.parse_args_and_config(argv)
+    set_torch_threads(script_args.torch_threads)
+    keep_freed_memory()  # dlm_trl.sampling.memory: page faults were half of a rollout's time
+
+    reward_funcs = resolve_rewards(script_args.reward_funcs or [get_task(script_args.task).reward])
+    model, tokenizer, peft_config = load_policy(model_args, training_args)
+    protocol = RecipeProtocol(script_args, training_args)
+    trainer = trainer_cls(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=train_dataset(script_args),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=protocol.callbacks,  # validation curve + best checkpoint, reward curve, time cap
+    )
+    protocol.attach(trainer)
+    trainer.train()  # the protocol evaluates test (before) and validation at the start, then every few steps
+    save_model(trainer, training_args.output_dir)  # the final model (ZeRO-3: consolidated, not a DS checkpoint)
+    # test accuracy of the final and of the best-on-validation model (saved to output_dir/best); report.json
+    return protocol.report(title=f"{name} · {model_args.model_name_or_path} · {script_args.task}", algorithm=name)
