@@ -23,10 +23,14 @@ for GDPO), all over the rows / tokens that count.
   ``ρ = exp(logp_θ − logp_old)`` plus ``β`` times the k3 KL to the reference.
 * :func:`sequence_clipped_loss` — GDPO (arXiv 2510.08554): one ratio per sequence,
   ``exp((Ê_θ − Ê_old) / L)`` (the length normaliser sits inside the exponent), and a KL
-  term that is either per token (``kl_estimator="token_k3"``) or on the sequence mean.
+  term that is either per token (``kl_estimator="token_k3"``) or on the sequence mean; ESPO
+  (arXiv 2512.03759) is the same ratio with the k2 KL (``"sequence_k2"``); BGPO (arXiv
+  2510.11683) replaces the ratio by its linear lower bound (``ratio_form="bgpo_linear"``).
 * :func:`dmpo_weights`, :func:`ess`, :func:`ess_temperature`, :func:`denoising_cross_entropy`,
   :func:`wdce_loss` — DMPO (arXiv 2510.08233) with the optional PDNS tempering
   (arXiv 2510.03824).
+* :func:`sandwiched_loss` — SPG (arXiv 2510.09541): ELBO for rows with ``A ≥ 0``, an EUBO (or the
+  mixture ``ω·EUBO + (1 − ω)·ELBO``) for ``A < 0``; no ratio by default, GDPO's sequence clip optional.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ import torch
 NORMALIZATIONS = ("token", "sequence", "constant")
 LENGTH_MODES = ("padded", "true")
 BASELINES = ("negative_tilt", "mean", "none")
-KL_ESTIMATORS = ("token_k3", "sequence_k3")
+KL_ESTIMATORS = ("token_k3", "sequence_k3", "sequence_k2", "sequence_k2_normalized")
+RATIO_FORMS = ("exp", "bgpo_linear")
 
 Metrics = dict[str, torch.Tensor]
 
@@ -182,6 +187,9 @@ def sequence_clipped_loss(
     kl_estimator: str = "sequence_k3",
     delta: float | None = None,
     keep: torch.Tensor | None = None,  # [B]
+    ratio_form: str = "exp",
+    draw_logps: torch.Tensor | None = None,  # [B, D] per-draw sequence estimates, current policy (grad)
+    old_draw_logps: torch.Tensor | None = None,  # [B, D] the same draws, rollout policy
 ) -> tuple[torch.Tensor, Metrics]:
     """GDPO's sequence-level clipped surrogate (arXiv 2510.08554).
 
@@ -199,12 +207,48 @@ def sequence_clipped_loss(
       ``mean_{i valid} [exp(c_ref,i − c_θ,i) − (c_ref,i − c_θ,i) − 1]`` — ≈ ``mean δ_i² / 2``;
     * ``"sequence_k3"``: k3 of the mean difference ``(Ê_ref − Ê_θ)/n`` — ≈ ``(mean δ_i)² / 2``,
       which is much weaker whenever the per-token differences do not all share a sign (not a KL
-      anchor; kept for comparison with earlier runs).
+      anchor; kept for comparison with earlier runs);
+    * ``"sequence_k2"`` (ESPO, arXiv 2512.03759; the form of its reference code): k2 of the
+      sequence-ELBO difference, length-normalised once, ``½ (Ê_θ − Ê_ref)² / n`` (``compute_approx_kl(
+      ..., "k2")`` summed and divided by ``batch · L``). k3 on a sequence difference exponentiates
+      it (``exp(Ê_ref − Ê_θ)`` overflows or vanishes for |Δ| of tens of nats); k2 is quadratic,
+      and its gradient ``(Δ/n)·∇Ê_θ`` equals that of k1-in-reward on-policy;
+    * ``"sequence_k2_normalized"``: ``½ ((Ê_θ − Ê_ref)/n)²``, k2 of the per-token mean difference
+      (the form of ESPO's project page; ``n`` times smaller than ``"sequence_k2"``, so β must be
+      ``n`` times larger for the same pull).
+
+    ``ratio_form``:
+
+    * ``"exp"`` (default): the clipped ratio above (GDPO, ESPO);
+    * ``"bgpo_linear"`` (BGPO, arXiv 2510.11683; derived here from the two properties its abstract states — linear in the draws, equal value and gradient on-policy — and not checked against the paper's text): the objective ``A·exp(x)`` with ``x`` the
+      length-normalised log-ratio is replaced by a lower bound that is *linear* in the Monte
+      Carlo draws — for ``A ≥ 0`` the tangent ``A·(1 + x̄)`` (``e^x ≥ 1 + x``), for ``A < 0``
+      ``A·mean_d exp(x_d)`` (Jensen, ``exp(mean_d x_d) ≤ mean_d exp(x_d)``), where
+      ``x_d = (Ê_θ,d − Ê_old,d)/n`` is draw d's log-ratio (``draw_logps`` / ``old_draw_logps``,
+      ``[B, D]``, whose mean over d is the row's estimate) and ``x̄`` their mean. On-policy
+      (``θ = θ_old``, ``x_d = 0``) value and gradient equal those of ``"exp"``; off-policy the
+      bound is ≤ the unclipped ``A·exp(x̄)``. Each term depends on one draw, so BGPO can
+      backpropagate draw by draw (here: ``constant_memory`` of the estimators gives the same
+      memory for either form). No clip is applied (BGPO trains on-policy, μ = 1); ``epsilon``
+      only sets the clip metrics. Without per-draw values the ``A < 0`` branch uses the row's
+      estimate as its single draw, ``A·exp(x̄)`` — then the bound is exact there.
     """
     if beta != 0.0 and ref_logps is None:
         raise ValueError("beta != 0 needs ref_logps")
     if kl_estimator not in KL_ESTIMATORS:
         raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}")
+    if ratio_form not in RATIO_FORMS:
+        raise ValueError(f"ratio_form must be one of {RATIO_FORMS}, got {ratio_form!r}")
+    if (draw_logps is None) != (old_draw_logps is None):
+        raise ValueError("pass both draw_logps and old_draw_logps (per-draw estimates on the same masks) or neither")
+    if draw_logps is not None:
+        if ratio_form != "bgpo_linear":
+            raise ValueError("draw_logps / old_draw_logps are used only by ratio_form='bgpo_linear'")
+        if draw_logps.dim() != 2 or draw_logps.shape[0] != logps.shape[0] or old_draw_logps.shape != draw_logps.shape:
+            raise ValueError(
+                f"draw_logps and old_draw_logps must both be [B={logps.shape[0]}, D], got "
+                f"{tuple(draw_logps.shape)} and {tuple(old_draw_logps.shape)}"
+            )
     lo, hi = _clip_bounds(epsilon, epsilon_high, delta)
     B = logps.shape[0]
     kept = _keep_rows(keep, B, logps)  # [B]
@@ -215,13 +259,24 @@ def sequence_clipped_loss(
     A = advantages.to(logps.dtype)  # [B]
     log_ratio = (seq - seq_old) / n  # [B] length-normalised
     ratio = torch.exp(log_ratio)
-    per_seq = _surrogate(ratio, A, lo, hi, delta)  # [B]
+    if ratio_form == "exp":
+        per_seq = _surrogate(ratio, A, lo, hi, delta)  # [B]
+    else:
+        if draw_logps is not None:
+            x_d = (draw_logps - old_draw_logps.to(draw_logps.dtype)) / n[:, None]  # [B, D]
+            upper = torch.exp(x_d).mean(1)  # [B] ≥ exp(mean_d x_d)
+        else:
+            upper = ratio  # [B] one draw: exact
+        per_seq = -torch.where(A >= 0, A * (1.0 + log_ratio), A * upper)  # [B]
     kl = None
     if beta != 0.0:
         if kl_estimator == "token_k3":
             kl = (k3_kl(ref_logps, logps) * m).sum(1) / m.sum(1).clamp(min=1.0)  # [B] mean over valid tokens
-        else:
+        elif kl_estimator == "sequence_k3":
             kl = k3_kl((ref_logps * m).sum(1) / n, seq / n)  # [B]
+        else:
+            diff = seq - (ref_logps * m).sum(1)  # [B] Ê_θ − Ê_ref
+            kl = 0.5 * diff**2 / n if kl_estimator == "sequence_k2" else 0.5 * (diff / n) ** 2  # [B]
         per_seq = per_seq + beta * kl
     loss = (per_seq * kept).sum() / kept.sum().clamp(min=1.0)
     with torch.no_grad():
@@ -381,3 +436,108 @@ __all__ = [
     "sequence_lengths",
     "wdce_loss",
 ]
+
+
+# ----------------------------------------------------------------------------- SPG
+
+SPG_NORMALIZATIONS = ("token", "sequence")
+
+
+def sandwiched_loss(
+    elbo_logps: torch.Tensor,  # [B, L] per-token ELBO contributions, current policy (grad)
+    eubo_logps: torch.Tensor | None,  # [B, L] per-token EUBO contributions on the same masks (grad)
+    old_elbo: torch.Tensor | None,  # [B, L] rollout policy, same masks (only with clip=True)
+    old_eubo: torch.Tensor | None,  # [B, L]
+    advantages: torch.Tensor,  # [B]
+    mask: torch.Tensor,  # [B, L] 1 = token counts
+    *,
+    mixture: float = 0.5,
+    normalization: str = "token",
+    clip: bool = False,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    length: str = "padded",
+    delta: float | None = None,
+    keep: torch.Tensor | None = None,  # [B]
+) -> tuple[torch.Tensor, Metrics]:
+    """SPG's sandwiched policy-gradient loss (Wang et al., arXiv 2510.09541, Algorithm 1).
+
+    Per row, ``E = Σ_i mask_i · elbo_i`` (a lower bound of ``log π_θ``) and ``U = Σ_i mask_i · eubo_i``
+    (an upper bound); the row's bound is ``S = E`` when ``A ≥ 0`` and ``S = ω·U + (1 − ω)·E`` when
+    ``A < 0`` (``mixture`` = ω: 1 is "SPG w/ EUBO", 0.5 "SPG w/ Mixture" — the reference scripts' value
+    and the paper's best variant —, 0 the ELBO-only policy gradient). Raising the lower bound of the
+    good samples and lowering the upper bound of the bad ones keeps the surrogate below the true
+    objective on both sides. ``eubo_logps`` may be ``None`` only when ``mixture == 0``.
+
+    ``clip=False`` (default; the paper and its code: no importance ratio, the μ inner steps reuse the
+    rollout with the current bound): per row ``−A·S``, aggregated by ``normalization``:
+    ``"token"`` (default, the reference code) ``Σ_b −A_b S_b / Σ_b n_b`` with ``n_b`` the row's counted
+    tokens (TRL's ``dapo``/``bnpo`` aggregation of the per-token loss ``−A·contrib_i``), or
+    ``"sequence"`` ``mean_b −A_b S_b`` (Algorithm 1's ``(1/g) Σ_j A_j L(x_j)``).
+
+    ``clip=True`` (an option beyond the paper, GDPO's / GSPO's form): ``r = exp((S − S_old)/n)`` with ``n``
+    the padded or true length (``length``), loss ``mean_b −min(r A, clip(r, 1−ε, 1+ε_high) A)``
+    (``delta`` caps the unclipped ratio); ``old_elbo`` / ``old_eubo`` ``None`` means on-policy (the
+    current estimates, detached). ``S_old`` uses the same side and mixture as ``S``.
+
+    Rows with ``keep = 0`` count in neither the loss nor its normaliser. Metrics: ``spg/frac_positive``,
+    ``spg/frac_negative`` (rows with A > 0 / A < 0), ``spg/elbo_per_token_mean``,
+    ``spg/eubo_per_token_mean`` and ``spg/gap_per_token_mean`` (``(U − E)/n``, true length) over the
+    kept rows, and with ``clip`` the ratio metrics of the other losses.
+    """
+    if not 0.0 <= mixture <= 1.0:
+        raise ValueError(f"mixture (ω, the EUBO's share for A < 0) must be in [0, 1], got {mixture}")
+    if normalization not in SPG_NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {SPG_NORMALIZATIONS}, got {normalization!r}")
+    if eubo_logps is None and mixture > 0.0:
+        raise ValueError(
+            f"mixture={mixture} needs eubo_logps (the per-token EUBO on the ELBO's masks); pass it, or set mixture=0"
+        )
+    B = elbo_logps.shape[0]
+    if advantages.shape != (B,):
+        raise ValueError(f"advantages must have shape [{B}], got {tuple(advantages.shape)}")
+    kept = _keep_rows(keep, B, elbo_logps)  # [B]
+    m = mask.to(elbo_logps.dtype)  # [B, L]
+    A = advantages.to(elbo_logps.dtype)  # [B]
+    neg = A < 0  # [B]
+
+    def side(elbo: torch.Tensor, eubo: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        e = (elbo * m).sum(1)  # [B]
+        u = (eubo * m).sum(1) if eubo is not None else e  # [B]
+        return torch.where(neg, mixture * u + (1.0 - mixture) * e, e), e, u
+
+    S, E, U = side(elbo_logps, eubo_logps)  # [B] each
+    n_true = m.sum(1).clamp(min=1.0)  # [B]
+    metrics: Metrics = {}
+    if not clip:
+        per_row = -A * S  # [B]
+        if normalization == "token":
+            loss = (per_row * kept).sum() / (n_true * kept).sum().clamp(min=1.0)
+        else:
+            loss = (per_row * kept).sum() / kept.sum().clamp(min=1.0)
+    else:
+        lo, hi = _clip_bounds(epsilon, epsilon_high, delta)
+        if old_elbo is None:
+            old_elbo = elbo_logps.detach()
+            old_eubo = eubo_logps.detach() if eubo_logps is not None else None
+        elif old_eubo is None and mixture > 0.0:
+            raise ValueError("old_elbo was given without old_eubo; pass both (the same masks) or neither")
+        S_old, _, _ = side(old_elbo.to(S.dtype), old_eubo.to(S.dtype) if old_eubo is not None else None)
+        n = sequence_lengths(mask, length).to(S.dtype)  # [B]
+        log_ratio = (S - S_old) / n  # [B]
+        ratio = torch.exp(log_ratio)
+        per_row = _surrogate(ratio, A, lo, hi, delta)  # [B]
+        loss = (per_row * kept).sum() / kept.sum().clamp(min=1.0)
+        with torch.no_grad():
+            metrics.update(_ratio_metrics(ratio, log_ratio, A, lo, hi, kept))
+    with torch.no_grad():
+        metrics["spg/frac_positive"] = _masked_mean((A > 0).to(m.dtype), kept)
+        metrics["spg/frac_negative"] = _masked_mean(neg.to(m.dtype), kept)
+        metrics["spg/elbo_per_token_mean"] = _masked_mean(E / n_true, kept)
+        if eubo_logps is not None:
+            metrics["spg/eubo_per_token_mean"] = _masked_mean(U / n_true, kept)
+            metrics["spg/gap_per_token_mean"] = _masked_mean((U - E) / n_true, kept)
+    return loss, metrics
+
+
+__all__ += ["SPG_NORMALIZATIONS", "sandwiched_loss"]

@@ -27,13 +27,19 @@ from dlm_trl.estimators import LikelihoodEstimator, row_generators
 from dlm_trl.models import DLM, TinyDLMConfig, TinyDLMForMaskedDiffusion
 from dlm_trl.registry import ESTIMATORS, PluginNotFoundError, available, load_estimator
 
-FIRST_PARTY = ("double_mc_elbo", "exact_elbo", "one_step_unmasking", "sdmc_elbo", "stratified_elbo")
+FIRST_PARTY = (
+    "ar_order_exact", "double_mc_elbo", "eubo", "exact_elbo", "one_step_unmasking", "sdmc_elbo", "spg_elbo",
+    "stratified_elbo",
+)
 THIRD_PARTY = "foo_est"
 # Settings that make the first-party estimators fold several draws per row into the batch.
 OVERRIDES = {
+    "ar_order_exact": {"score_fraction": 0.6, "select": "random"},  # the stochastic subset (3 of 5 rows)
     "double_mc_elbo": {"num_samples": 3},
     "stratified_elbo": {"num_samples": 3},
     "sdmc_elbo": {"num_nodes": 3, "masks_per_node": 2},
+    "eubo": {"num_samples": 3, "block_length": 2},
+    "spg_elbo": {"num_samples": 3, "block_length": 2},
 }
 NAMES = sorted(set(available(ESTIMATORS))) + [THIRD_PARTY]
 

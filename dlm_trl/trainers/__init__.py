@@ -3,8 +3,10 @@
 * :class:`DiffuGRPOTrainer` / :class:`DiffuGRPOConfig` — d1's diffu-GRPO (arXiv 2504.12216);
 * :class:`GDPOTrainer` / :class:`GDPOConfig` — GDPO (arXiv 2510.08554);
 * :class:`DMPOTrainer` / :class:`DMPOConfig` — DMPO (arXiv 2510.08233), PDNS tempering optional.
+* :class:`SPGTrainer` / :class:`SPGConfig` — SPG (arXiv 2510.09541): ELBO for positive, EUBO / mixture for
+  negative advantages, block-wise masks.
 
-All three share one private base (``_base._DLMTrainerBase``) that swaps TRL's autoregressive
+All of them share one private base (``_base._DLMTrainerBase``) that swaps TRL's autoregressive
 generation for the diffusion sampler and TRL's causal log-probs for a likelihood-estimator
 plugin, with per-row mask seeds so that old / reference / current estimates use identical
 masks. Usage::
@@ -47,11 +49,13 @@ from ._base import DLMConfig, derive_seeds, mix_seed
 from .diffu_grpo import DiffuGRPOConfig, DiffuGRPOTrainer
 from .dmpo import DMPOConfig, DMPOTrainer
 from .gdpo import GDPOConfig, GDPOTrainer
+from .spg import SPGConfig, SPGTrainer
 
 TRAINERS = {
     "diffu_grpo": (DiffuGRPOTrainer, DiffuGRPOConfig),
     "gdpo": (GDPOTrainer, GDPOConfig),
     "dmpo": (DMPOTrainer, DMPOConfig),
+    "spg": (SPGTrainer, SPGConfig),
 }
 
 __all__ = [
@@ -62,6 +66,8 @@ __all__ = [
     "DiffuGRPOTrainer",
     "GDPOConfig",
     "GDPOTrainer",
+    "SPGConfig",
+    "SPGTrainer",
     "TRAINERS",
     "derive_seeds",
     "mix_seed",

@@ -452,11 +452,33 @@ class _DLMTrainerBase(
         L = int(logits_to_keep)
         prompt_ids, completion_ids = input_ids[:, :-L], input_ids[:, -L:]  # [B, P], [B, L]
         prompt_mask, completion_mask = attention_mask[:, :-L], attention_mask[:, -L:]
-        B = input_ids.shape[0]
+        out = self.run_estimator(
+            model, prompt_ids, completion_ids, prompt_mask, completion_mask, seeds, batch_size=batch_size
+        )
+        return out, None, None
+
+    def run_estimator(
+        self,
+        model,
+        prompt_ids: torch.Tensor,  # [B, P]
+        completion_ids: torch.Tensor,  # [B, L]
+        prompt_mask: torch.Tensor,  # [B, P]
+        completion_mask: torch.Tensor,  # [B, L]
+        seeds: torch.Tensor,  # [B]
+        *,
+        batch_size: int | None = None,
+        method=None,
+    ):
+        """``method(dlm, prompt_ids, completion_ids, completion_mask, generator=, prompt_attention_mask=)``
+        (default: the estimator itself) over the rows in chunks of ``batch_size``, each chunk under autocast
+        with its rows' mask generators; the float32 result(s) concatenated over rows — one ``[B, L]`` tensor,
+        or a tuple of them for a method that returns several (e.g. SPG's ``bounds``). Sets the NFE count."""
+        B, L = completion_ids.shape
         if seeds.shape[0] != B:
             raise RuntimeError(f"{seeds.shape[0]} mask seeds for {B} rows")
+        method = self.estimator if method is None else method
         dlm = self.as_dlm(model)
-        step = batch_size or B
+        step = batch_size or max(B, 1)
         chunks = []
         for s in range(0, B, step):
             e = min(s + step, B)
@@ -464,19 +486,21 @@ class _DLMTrainerBase(
             try:
                 with self.accelerator.autocast():
                     chunks.append(
-                        self.estimator(
+                        method(
                             dlm,
                             prompt_ids[s:e],
                             completion_ids[s:e],
                             completion_mask[s:e],
                             generator=row_generators(seeds[s:e].cpu()),
                             prompt_attention_mask=prompt_mask[s:e],
-                        ).float()
+                        )
                     )
             finally:
                 self._estimating_seeds = None
         self._last_estimate_nfe = int(self.estimator.nfe(L)) * B
-        return torch.cat(chunks, 0), None, None
+        if chunks and isinstance(chunks[0], tuple):
+            return tuple(torch.cat([c[j].float() for c in chunks], 0) for j in range(len(chunks[0])))
+        return torch.cat([c.float() for c in chunks], 0)
 
     def _compute_loss(self, model, inputs):
         mode = "train" if self.model.training else "eval"

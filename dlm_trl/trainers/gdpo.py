@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..losses import KL_ESTIMATORS, LENGTH_MODES, sequence_clipped_loss
+from ..losses import KL_ESTIMATORS, LENGTH_MODES, RATIO_FORMS, sequence_clipped_loss
 from ._base import DLMConfig, _check_delta, _DLMTrainerBase
 
 #: TRL's default of ``GRPOConfig.epsilon`` — GDPO's ε when ``sequence_epsilon`` is None.
@@ -85,7 +85,19 @@ class GDPOConfig(DLMConfig):
             "estimator's per-token contributions, policy vs reference on the same masks, averaged over the row's "
             "valid tokens (about mean(delta_i^2)/2: a per-token anchor). 'sequence_k3' (dlm-trl before; the paper "
             "uses beta = 0, so it has none): k3 of the mean per-token difference (about mean(delta_i)^2/2, ~100x "
-            "weaker on the embedded model as differences of both signs cancel)."
+            "weaker on the embedded model as differences of both signs cancel). 'sequence_k2' (ESPO, arXiv "
+            "2512.03759, its reference code): 0.5 * (E_theta - E_ref)^2 / L on the sequence ELBOs. "
+            "'sequence_k2_normalized': 0.5 * ((E_theta - E_ref) / L)^2 (L times smaller)."
+        },
+    )
+    ratio_form: str = field(
+        default="exp",
+        metadata={
+            "help": f"Sequence objective, one of {RATIO_FORMS}. 'exp' (default; GDPO, ESPO): the clipped ratio "
+            "exp((E_theta - E_old)/L). 'bgpo_linear' (BGPO, arXiv 2510.11683): its lower bound A*(1 + x) for A >= 0 "
+            "and A*exp(x) for A < 0 (x the length-normalised log-ratio; the trainer passes the estimate, not "
+            "per-draw values, so the A < 0 branch is the exp form), unclipped; equal in value and gradient "
+            "on-policy. Pair it with estimator_kwargs constant_memory: true for BGPO's memory profile."
         },
     )
     beta: float = field(default=0.0, metadata={"help": "KL coefficient (GDPO: 0, no reference model)."})
@@ -117,6 +129,8 @@ class GDPOConfig(DLMConfig):
             )
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
+        if self.ratio_form not in RATIO_FORMS:
+            raise ValueError(f"ratio_form must be one of {RATIO_FORMS}, got {self.ratio_form!r}")
         if self.loss_type != "grpo":
             raise self._unsupported(
                 "loss_type", self.loss_type,
@@ -163,6 +177,10 @@ class GDPOConfig(DLMConfig):
 class GDPOTrainer(_DLMTrainerBase):
     """GDPO (arXiv 2510.08554): sequence-level clipped ratio from ``sdmc_elbo`` estimates.
 
+    Also runs ESPO (arXiv 2512.03759: ``kl_estimator="sequence_k2"``, antithetic ELBO draws) and
+    BGPO (arXiv 2510.11683: ``ratio_form="bgpo_linear"``, many draws with ``constant_memory``);
+    see ``recipes/configs/espo_llada_*.yaml`` and ``bgpo_llada_*.yaml``.
+
     Overrides, beyond the base's TRL hooks: :meth:`compute_policy_loss` only.
     """
 
@@ -189,6 +207,7 @@ class GDPOTrainer(_DLMTrainerBase):
             kl_estimator=self.args.kl_estimator,
             delta=self.args.delta,
             keep=inputs.get("keep_rows"),
+            ratio_form=self.args.ratio_form,
         )
 
 

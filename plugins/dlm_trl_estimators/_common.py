@@ -20,11 +20,31 @@ Which completion positions may be masked (``length`` option of the ELBO estimato
   The sequence estimate is the padded-length ELBO restricted to the tokens that count.
 * ``"true"``: only positions with ``completion_mask == 1`` are maskable, ``n = n_b`` is the
   row's true length; the other completion positions stay visible as clean tokens.
+
+Constant-memory Monte Carlo (``constant_memory`` option of the multi-draw estimators,
+:func:`completion_log_probs`): with grad enabled, each chunk of noisy rows — ``batch_size``
+rows, or ``B`` rows (one draw's worth) when ``batch_size`` is None — runs under
+``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)`` around a function that
+returns only the float32 gathered log-probabilities ``[c, L]``. The forward then keeps no
+activations and no ``[c, T, V]`` logits, only the chunk's inputs and outputs; backward
+recomputes one chunk at a time. Peak activation memory is that of one chunk whatever the
+number of draws K, the values and gradients are those of the plain path (same masks, same
+arithmetic), and the cost is one extra forward per chunk in backward (≈ +1/3 of a
+forward+backward step). It is GDPO's memory trick (arXiv 2510.08554: no-grad estimate, then
+backprop node by node) done by autograd, and what BGPO's linear bound (arXiv 2510.11683)
+buys for its objective — here for any loss of the estimate.
+
+Antithetic (coupled) draws (``antithetic`` option; ESPO, arXiv 2512.03759, ``reduce_var``
+in its reference code): draws come in pairs, the second masking exactly the maskable
+positions the first keeps (:func:`dlm_trl.masking.complement_mask`), so every maskable
+token is predicted once per pair; each member keeps its own unbiased weight. Rows of a
+pair are adjacent (draw ``2p`` and ``2p+1`` of a row).
 """
 
 from __future__ import annotations
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from dlm_trl.estimators import Generators
 from dlm_trl.masking import apply_mask, token_log_probs
@@ -36,6 +56,17 @@ def check_batch_size(batch_size: int | None) -> int | None:
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int (rows per forward) or None (no chunking), got {batch_size!r}")
     return batch_size
+
+
+def check_flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def interleave_pairs(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``[R, ...]`` and ``[R, ...]`` → ``[2R, ...]`` with row ``2r`` from ``first``, ``2r+1`` from ``second``."""
+    return torch.stack([first, second], dim=1).reshape(2 * first.shape[0], *first.shape[1:])
 
 
 def check_length_mode(length: str) -> str:
@@ -108,12 +139,17 @@ def completion_log_probs(
     prompt_attention_mask: torch.Tensor | None = None,  # [B, P]
     batch_size: int | None = None,
     rows: torch.Tensor | None = None,  # [R] long: source row of each noisy row (default: each row K times)
+    constant_memory: bool = False,
 ) -> torch.Tensor:  # [B*K, L] (or [R, L]) float32
     """``log f(y_i | noisy row)`` at every completion position of the ``B*K`` noisy rows.
 
     The rows are built once as one ``[B*K, P+L]`` batch and forwarded in chunks of at most
     ``batch_size`` rows (one forward when ``None``); log-softmax runs in float32. With
     ``rows``, noisy row r is built from row ``rows[r]`` instead (any number per row).
+
+    ``constant_memory`` (only acts when grad is enabled): chunks of ``batch_size`` rows, or
+    of ``B`` rows when ``batch_size`` is None, each run under activation checkpointing
+    (module docstring) — peak memory of one chunk, one extra forward per chunk in backward.
     """
     B, P = prompt_ids.shape
     L = completion_ids.shape[1]
@@ -136,12 +172,20 @@ def completion_log_probs(
         )[rows]  # [B*K, P+L]
     targets = completion_ids[rows]  # [B*K, L]
     N = noisy.shape[0]
-    step = N if batch_size is None else batch_size
+    recompute = constant_memory and torch.is_grad_enabled()
+    step = batch_size if batch_size is not None else (max(B, 1) if recompute else N)
+
+    def chunk_log_probs(chunk, chunk_targets, chunk_attn=None):  # -> [c, L] float32, no logits kept
+        logits = model(chunk, attention_mask=chunk_attn) if chunk_attn is not None else model(chunk)  # [c, P+L, V]
+        return token_log_probs(logits[:, P:], chunk_targets)
+
     out = []
     for s in range(0, N, max(step, 1)):
-        chunk = noisy[s : s + step]
-        logits = model(chunk, attention_mask=attn[s : s + step]) if attn is not None else model(chunk)  # [c, P+L, V]
-        out.append(token_log_probs(logits[:, P:], targets[s : s + step]))  # [c, L] float32
+        args = (noisy[s : s + step], targets[s : s + step]) + ((attn[s : s + step],) if attn is not None else ())
+        if recompute:
+            out.append(checkpoint(chunk_log_probs, *args, use_reentrant=False))  # [c, L]
+        else:
+            out.append(chunk_log_probs(*args))  # [c, L]
     if not out:  # B == 0
         return torch.zeros(0, L, dtype=torch.float32, device=device)
     return torch.cat(out, dim=0)

@@ -37,6 +37,22 @@ position, EOS padding included, is maskable and predicted; ``"true"``: n = the r
 ``completion_mask`` count and only those positions are maskable. Contributions of
 positions with ``completion_mask == 0`` are 0 in both modes.
 
+``antithetic`` (ESPO's coupling, arXiv 2512.03759, applied to the mirror-symmetric
+Gauss nodes; ``quadrature="gauss"`` only): node ``N−1−j`` mirrors node ``j`` (``t ↦ 1−t``,
+same weight). For ``j < N−1−j`` mask k of the mirrored node is the complement of mask k of
+node j over the maskable positions, so it masks ``n − m_j = ceil((1−t_j)·n)`` positions
+instead of ``floor((1−t_j)·n)`` (equal when ``t_j·n`` is an integer); its weight is
+unchanged (``1/t_{N−1−j}``, or ``n/count``). The middle node of an odd N keeps independent
+draws. Each mask is still a uniform exact-count mask, so the estimator's mean is the
+quadrature value of :meth:`SDMCELBO.node_plan` (which returns the coupled counts) and
+:meth:`SDMCELBO.expected_contributions` stays exact. GDPO itself draws nodes independently
+(default ``antithetic=False``).
+
+``constant_memory``: chunks of B rows (or ``batch_size``) run under activation checkpointing
+when grad is enabled — GDPO's memory trick (the paper's optional no-grad estimate, then backprop node by
+node) done by autograd: peak memory of one node's forward, identical values and gradients,
+one extra forward per node in backward (see ``_common``).
+
 NFE: N · K (``num_nodes · masks_per_node``) forward passes per sequence, run as one
 ``[B*N*K, P+L]`` batch (chunked by ``batch_size``).
 """
@@ -47,10 +63,11 @@ import numpy as np
 import torch
 
 from dlm_trl.estimators import Generators
-from dlm_trl.masking import count_mask
+from dlm_trl.masking import complement_mask, count_mask
 
 from ._common import (
     check_batch_size,
+    check_flag,
     check_inputs,
     check_length_mode,
     completion_log_probs,
@@ -92,6 +109,8 @@ class SDMCELBO:
         length: ``"padded"`` (default) or ``"true"`` — see the module docstring.
         weighting: ``"time"`` (default, 1/t as GDPO) or ``"count"`` (n/m).
         batch_size: rows per forward pass (``None``: all B*N*K rows at once).
+        antithetic: mirrored Gauss nodes share complementary masks (default False; gauss only, N ≥ 2).
+        constant_memory: checkpoint each chunk of rows so peak memory does not grow with N·K.
     """
 
     name = "sdmc_elbo"
@@ -106,7 +125,16 @@ class SDMCELBO:
         length: str = "padded",
         weighting: str = "time",
         batch_size: int | None = None,
+        antithetic: bool = False,
+        constant_memory: bool = False,
     ):
+        self.antithetic = check_flag("antithetic", antithetic)
+        self.constant_memory = check_flag("constant_memory", constant_memory)
+        if antithetic and (quadrature != "gauss" or num_nodes < 2):
+            raise ValueError(
+                "antithetic=True pairs mirrored nodes t and 1-t with complementary masks: it needs "
+                f"quadrature='gauss' (symmetric nodes) and num_nodes >= 2, got {quadrature!r}, {num_nodes}"
+            )
         if not isinstance(num_nodes, int) or not 1 <= num_nodes <= 5:
             raise ValueError(f"num_nodes must be an int in 1..5, got {num_nodes!r}")
         if not isinstance(masks_per_node, int) or masks_per_node < 1:
@@ -130,16 +158,23 @@ class SDMCELBO:
         return (
             f"SDMCELBO(num_nodes={self.num_nodes}, masks_per_node={self.masks_per_node}, "
             f"quadrature={self.quadrature!r}, length={self.length!r}, weighting={self.weighting!r}, "
-            f"batch_size={self.batch_size})"
+            f"batch_size={self.batch_size}, antithetic={self.antithetic}, constant_memory={self.constant_memory})"
         )
+
+    def mirror(self, j: int) -> int | None:
+        """With ``antithetic``, the node whose masks node ``j`` complements (``None``: drawn freely)."""
+        k = self.num_nodes - 1 - j
+        return k if self.antithetic and k < j else None
 
     def node_plan(self, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For maskable counts ``n [B]``: mask counts ``m [B, N]`` and draw weights ``w_j ν_j [B, N]``."""
         n = n.long().cpu()
         counts, weights = [], []
-        for t, w in zip(self.nodes, self.weights, strict=True):
+        for j, (t, w) in enumerate(zip(self.nodes, self.weights, strict=True)):
             m = torch.clamp(torch.floor(t * n.double() + 1e-9).long(), min=1)
             m = torch.minimum(m, n)  # 0 only for a row with nothing maskable
+            if self.mirror(j) is not None:  # complement of the mirrored node's masks
+                m = n - counts[self.mirror(j)]
             if t == 0.0:  # simpson_limit's left end: the t → 0 limit, one token weighted n
                 nu = n.double()
             elif self.weighting == "time":
@@ -183,7 +218,21 @@ class SDMCELBO:
         m, v = self.node_plan(maskable.sum(1))  # [B, N]
         counts = m.repeat_interleave(K, dim=1).reshape(B * D)  # [B*D]
         weight = v.repeat_interleave(K, dim=1).reshape(B * D) * N  # [B*D]; ×N: masked_weighted averages over D
-        noise = count_mask(counts, maskable.repeat_interleave(D, dim=0), generator=gens)  # [B*D, L]
+        if self.antithetic:
+            free = [j for j in range(N) if self.mirror(j) is None]  # nodes whose masks are drawn
+            F = len(free) * K
+            gens_f = repeat_generators(generator, B, F)
+            maskable_f = maskable.repeat_interleave(F, dim=0)  # [B*F, L]
+            drawn = count_mask(m[:, free].repeat_interleave(K, dim=1).reshape(B * F), maskable_f, generator=gens_f)
+            drawn = drawn.view(B, len(free), K, -1)  # [B, |free|, K, L]
+            by_node = {j: drawn[:, i] for i, j in enumerate(free)}  # [B, K, L] each
+            mk = maskable[:, None, :].expand(-1, K, -1)  # [B, K, L]
+            for j in range(N):
+                if j not in by_node:
+                    by_node[j] = complement_mask(by_node[self.mirror(j)], mk)
+            noise = torch.stack([by_node[j] for j in range(N)], 1).reshape(B * D, -1)  # [B*D, L]
+        else:
+            noise = count_mask(counts, maskable.repeat_interleave(D, dim=0), generator=gens)  # [B*D, L]
         logp = completion_log_probs(
             model,
             prompt_ids,
@@ -191,6 +240,7 @@ class SDMCELBO:
             noise,
             prompt_attention_mask=prompt_attention_mask,
             batch_size=self.batch_size,
+            constant_memory=self.constant_memory,
         )  # [B*D, L]
         return finish(masked_weighted(logp, noise, weight, B), completion_mask)
 
