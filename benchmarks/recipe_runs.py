@@ -53,7 +53,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = {"diffu_grpo": "diffu-GRPO", "gdpo": "GDPO", "dmpo": "DMPO"}
+NAMES = {"diffu_grpo": "diffu-GRPO", "gdpo": "GDPO", "dmpo": "DMPO", "spg": "SPG"}
 # report.json "seconds" buckets, in table order; evaluations inside train_runtime (test before, validation)
 # come from the protocol's own timings; the remainder of train_seconds is the policy pass (forward +
 # backward) and the optimizer step.
@@ -260,7 +260,7 @@ BUDGET_HEADER = (
 )
 
 
-def summarize(runs: list[dict], docs: Path) -> str:
+def summarize(runs: list[dict], docs: Path, conditions: str = "alone on the machine") -> str:
     algos = [a for a in NAMES if any(r["algo"] == a for r in runs)]
     acc = [ACCURACY_HEADER] + [accuracy_row(a, [r for r in runs if r["algo"] == a]) for a in algos]
     bud = [BUDGET_HEADER] + [budget_row(a, [r for r in runs if r["algo"] == a]) for a in algos]
@@ -283,7 +283,7 @@ def summarize(runs: list[dict], docs: Path) -> str:
         "deterministic measurement for every run). " + protocol +
         "Paired gain: after − before of the same run, in points; its mean ± sd and 95 % t-interval are over seeds "
         "(n = the number of runs; the interval needs n ≥ 2). Each run: `accelerate launch recipes/<recipe>_llada.py "
-        "--seed S --output_dir …`, alone on the machine. s / step is `train_runtime` less the evaluations inside it "
+        f"--seed S --output_dir …`, {conditions}. s / step is `train_runtime` less the evaluations inside it "
         "(test before, validation), per optimizer step; the shares come from the trainers' `time/*` metrics and the "
         "protocol's evaluation timings, the last one is the rest of `train_runtime`. Accuracy moves in steps of "
         "100/prompts points." + (" Seed \"0?\": not recorded with the run, assumed 0." if unknown else "") +
@@ -383,6 +383,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layout", choices=("auto", "seeded", "flat"), default="auto",
                    help="run folders: <algo>_s<seed> (seeded), <algo> (flat, seed from run.json/report.json or 0), "
                    "or both (auto); flat only tabulates")
+    p.add_argument("--conditions", default="alone on the machine",
+                   help="how the runs shared the machine, for the table's note (wall-clock and s / step depend on it; "
+                   "the step counts and accuracies do not), e.g. 'two at a time with --torch_threads 1'")
     opts, extra = p.parse_known_args(argv)
     recipes = [r.strip() for r in opts.recipes.split(",") if r.strip()]
     unknown = [r for r in recipes if r not in NAMES]
@@ -403,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = collect(out_dir, recipes, seeds, opts.layout)
     if not runs:
         raise SystemExit(f"no finished runs under {out_dir} (layout {opts.layout})")
-    print(summarize(runs, Path(opts.docs) if opts.docs else out_dir / "summary"))
+    print(summarize(runs, Path(opts.docs) if opts.docs else out_dir / "summary", opts.conditions))
 
 
 if __name__ == "__main__":

@@ -89,6 +89,11 @@ def test_recipe_runs_writes_its_tables_next_to_the_runs_by_default(tmp_path):
     recipe_runs.main(["--summarize_only", "--recipes", "gdpo", "--seeds", "0", "--out_dir", str(runs)])
     assert "| GDPO |" in (runs / "summary.md").read_text() and (runs / "summary.json").exists()
     assert (committed.read_bytes() if committed.exists() else None) == before
+    assert "alone on the machine" in (runs / "summary.md").read_text()  # the default conditions
+    recipe_runs.main(["--summarize_only", "--recipes", "gdpo", "--seeds", "0", "--out_dir", str(runs),
+                      "--conditions", "two at a time with --torch_threads 1"])
+    md = (runs / "summary.md").read_text()
+    assert "two at a time with --torch_threads 1" in md and "alone on the machine" not in md
 
 
 def test_recipe_runs_rejects_unknown_recipe(tmp_path):
