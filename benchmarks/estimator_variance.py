@@ -20,11 +20,19 @@ Budget → estimator settings: ``double_mc_elbo`` and ``stratified_elbo`` use
 budget of 1 only (d1; it targets a different quantity, its "bias" is against the ELBO).
 All ELBO estimators use ``length="padded"``.
 
-Writes ``docs/estimator_variance.{md,json,png}`` and prints the markdown.
+``--antithetic`` adds, next to each ELBO estimator's row at an even budget (2, 4, 8, 16), its
+``antithetic=True`` variant (ESPO's coupled draws, arXiv 2512.03759) with the same settings and
+NFE: double-MC pairs (t, S) with (1−t, complement of S); SDMC gives mirrored Gauss nodes
+complementary masks; stratified draws b/2 complementary count pairs on the 0..n grid. Bias and
+measured variance as for the independent rows; no closed-form ("exact") variance (the
+formulas assume independent draws), and no log-ratio rows.
+
+Writes ``docs/estimator_variance.{md,json,png}`` (``--out``: another path stem) and prints the markdown.
 
     python benchmarks/estimator_variance.py                # trained tiny model, ~3-5 min on 2 cores
     python benchmarks/estimator_variance.py --random-init  # no checkpoint needed
     python benchmarks/estimator_variance.py --quick        # smoke run
+    python benchmarks/estimator_variance.py --antithetic --out docs/estimator_variance_antithetic
 """
 
 from __future__ import annotations
@@ -49,8 +57,16 @@ BUDGETS = (1, 2, 3, 4, 8, 16)
 ESTIMATORS = ("double_mc_elbo", "sdmc_elbo", "stratified_elbo", "one_step_unmasking")
 
 
-def settings(name: str, nfe: int) -> dict | None:
-    """Constructor kwargs of ``name`` at a budget of ``nfe`` forwards per sequence (None: n/a)."""
+def settings(name: str, nfe: int, antithetic: bool = False) -> dict | None:
+    """Constructor kwargs of ``name`` at a budget of ``nfe`` forwards per sequence (None: n/a).
+
+    ``antithetic``: the coupled variant with the same settings — ELBO estimators at an even budget
+    only (pairs of draws; SDMC's mirrored nodes need N ≥ 2, which every even budget gives).
+    """
+    if antithetic:
+        if name == "one_step_unmasking" or nfe % 2:
+            return None
+        return {**settings(name, nfe), "antithetic": True}
     if name in ("double_mc_elbo", "stratified_elbo"):
         return {"num_samples": nfe}
     if name == "sdmc_elbo":
@@ -62,11 +78,27 @@ def settings(name: str, nfe: int) -> dict | None:
 
 
 def label(name: str, kw: dict) -> str:
+    suffix = ", antithetic" if kw.get("antithetic") else ""
     if name == "sdmc_elbo":
-        return f"N={kw['num_nodes']},K={kw['masks_per_node']}"
+        return f"N={kw['num_nodes']},K={kw['masks_per_node']}{suffix}"
     if "num_samples" in kw:
-        return f"K={kw['num_samples']}"
+        return f"K={kw['num_samples']}{suffix}"
     return "p=0.15"
+
+
+def grid(args) -> list[tuple[int, bool]]:
+    """``(nfe, antithetic)`` measured per estimator: each budget's independent draws, then its coupled ones."""
+    return [(nfe, anti) for nfe in BUDGETS for anti in ((False, True) if args.antithetic else (False,))]
+
+
+def load_at(name: str, nfe: int, antithetic: bool, batch_size: int):
+    """``(estimator, settings)`` at a budget, or None; an antithetic variant costs the independent one's NFE."""
+    kw = settings(name, nfe, antithetic)
+    if kw is None:
+        return None
+    est = load_estimator(name, batch_size=batch_size, **kw)
+    assert est.nfe(8) == nfe, (name, kw, est.nfe(8))
+    return est, kw
 
 
 # ----------------------------------------------------------------------------- model and data
@@ -306,6 +338,8 @@ def run(args) -> dict:
         "threads": args.threads,
         "machine": f"{platform.machine()} CPU, torch {torch.__version__}",
     }
+    if args.antithetic:
+        result["antithetic"] = True
 
     # --- short completions: bias and variance vs exact (memoised logits)
     Ls = args.short_length
@@ -328,23 +362,28 @@ def run(args) -> dict:
         # d1's prompt masks make every noisy row new: no memo, fewer replicates
         R = args.one_step_reps if name == "one_step_unmasking" else args.short_reps
         mm = {"θ": model, "θ'": nudged} if name == "one_step_unmasking" else memo
-        for nfe in BUDGETS:
-            kw = settings(name, nfe)
-            if kw is None:
+        for nfe, anti in grid(args):
+            loaded = load_at(name, nfe, anti, args.batch_size)
+            if loaded is None:
                 continue
-            est = load_estimator(name, batch_size=args.batch_size, **kw)
+            est, kw = loaded
             a = replicate(est, mm["θ"], data["prompt"], data["pam"], comp_s, cmask_s, R, seed=1_000)
             row = {"estimator": name, "settings": label(name, kw), "nfe": nfe, **summarise(a, exact["θ"])}
             if name == "sdmc_elbo":
                 table, n = tables["θ"]
-                quad = (est.expected_contributions(table, n) * cmask_s).sum(1)  # [S]
+                quad = (est.expected_contributions(table, n) * cmask_s).sum(1)  # [S] (coupled counts if antithetic)
                 row["quadrature_bias"] = float((quad - exact["θ"]).mean())
+            if anti:  # no exact variance: the closed forms below assume independent draws
+                row["antithetic"] = True
+            elif name == "sdmc_elbo":
                 row["exact_variance"] = float(subsets.sdmc(est)[1].mean())
             elif name == "double_mc_elbo":
                 row["exact_variance"] = float(dmc_var.mean()) / nfe
             elif name == "stratified_elbo":
                 row["exact_variance"] = float(subsets.stratified(nfe)[1].mean())
             short_rows.append(row)
+            if anti:  # log-ratios: independent draws only
+                continue
             # log-ratio θ' − θ: shared generators vs independent ones
             b = replicate(est, mm["θ'"], data["prompt"], data["pam"], comp_s, cmask_s, R, seed=1_000)
             c = replicate(est, mm["θ"], data["prompt"], data["pam"], comp_s, cmask_s, R, seed=9_000_000)
@@ -368,22 +407,22 @@ def run(args) -> dict:
     R = args.long_reps
     long_rows, long_reps = [], {}
     for name in ESTIMATORS:
-        for nfe in BUDGETS:
-            kw = settings(name, nfe)
-            if kw is None:
+        for nfe, anti in grid(args):
+            loaded = load_at(name, nfe, anti, args.batch_size)
+            if loaded is None:
                 continue
-            est = load_estimator(name, batch_size=args.batch_size, **kw)
+            est, kw = loaded
             t0 = time.perf_counter()
             a = replicate(est, model, data["prompt"], data["pam"], data["comp"], data["cmask"], R, seed=2_000)
             ms = 1000 * (time.perf_counter() - t0) / (S * R)
             long_rows.append({"estimator": name, "settings": label(name, kw), "nfe": nfe, "ms_per_estimate": ms,
-                              **summarise(a)})
-            long_reps[(name, nfe)] = a
+                              **summarise(a), **({"antithetic": True} if anti else {})})
+            long_reps[(name, nfe, anti)] = a
         log(f"[{time.time() - t_start:.0f}s] long completions: {name} done")
     # no exact value at this length: the unbiased stratified estimator at 16 forwards is the reference
-    ref = long_reps[("stratified_elbo", 16)]  # [S, R]
+    ref = long_reps[("stratified_elbo", 16, False)]  # [S, R]
     for row in long_rows:
-        a = long_reps[(row["estimator"], row["nfe"])]
+        a = long_reps[(row["estimator"], row["nfe"], row.get("antithetic", False))]
         row["diff_vs_reference"] = float((a.mean(1) - ref.mean(1)).mean())
         row["diff_se"] = float(math.sqrt((a.var(1).mean() + ref.var(1).mean()) / (S * R)))
     # log-ratio at the GDPO budget (3 forwards; d1's 1)
@@ -407,8 +446,9 @@ def run(args) -> dict:
 # ----------------------------------------------------------------------------- report
 
 
-def _get(rows, name, nfe):
-    return next((r for r in rows if r["estimator"] == name and r["nfe"] == nfe), None)
+def _get(rows, name, nfe, antithetic=False):
+    return next((r for r in rows if r["estimator"] == name and r["nfe"] == nfe
+                 and r.get("antithetic", False) == antithetic), None)
 
 
 def markdown(res: dict) -> str:
@@ -436,13 +476,27 @@ def markdown(res: dict) -> str:
         "SDMC's mean is its quadrature value (shown as *quad.*), not the ELBO: the 1/t weight with a floored "
         "count over-weights the first node at short lengths.",
         "",
+        *([] if not res.get("antithetic") else [
+            "Antithetic rows (`antithetic=True`, ESPO's coupled draws, arXiv 2512.03759; even budgets, same "
+            "settings and NFE as the row above): draws come in pairs whose masks are complements over the n "
+            "maskable positions, so each pair predicts every token once. double-MC: draw 2p has t ~ U(1e-3, "
+            "1 − 1e-3) and a Bernoulli(t) mask S (weight 1/t), draw 2p+1 masks the complement of S at time "
+            "1 − t (weight 1/(1 − t)). SDMC: the Gauss nodes are mirror-symmetric (t_j ↔ 1 − t_j); mask k "
+            "of the mirrored node is the complement of mask k of node j, so it masks n − m_j tokens "
+            "(its weight unchanged); the mean stays the quadrature value of the coupled counts (*quad.*). "
+            "Stratified: b/2 primaries mask x_j = floor(((u + j/(b/2)) mod 1)(n + 1)) ∈ 0..n tokens, weight "
+            "(n + 1)/x_j, each partner the complement, weight (n + 1)/(n − x_j) — unbiased for the count-form "
+            "ELBO. The exact-variance column is left empty (—) for these rows: its closed forms assume "
+            "independent draws; their variance is the measured one. No log-ratio rows for them.",
+            "",
+        ]),
         f"| estimator | settings | NFE | bias vs exact (L={sh['length']}) | exact var (L={sh['length']}) | "
         f"measured var (L={sh['length']}) | var (L={lo['length']}) | mean − stratified-16 (L={lo['length']}) | "
         f"ms / estimate (L={lo['length']}) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sh["rows"]:
-        l_ = _get(lo["rows"], r["estimator"], r["nfe"])
+        l_ = _get(lo["rows"], r["estimator"], r["nfe"], r.get("antithetic", False))
         bias = f"{r['bias']:+.3f} ± {r['bias_se']:.3f}"
         if "quadrature_bias" in r:
             bias += f" (quad. {r['quadrature_bias']:+.3f})"
@@ -504,18 +558,24 @@ def plot(res: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key in zip(axes, ("short", "long"), strict=True):
         rows = res[key]["rows"]
-        for name, marker in zip(ESTIMATORS, "osD^", strict=True):
-            # short completions: the exact variance where it is known (double-MC's sample variance is biased low)
-            pts = [(r["nfe"], r.get("exact_variance", r["variance"])) for r in rows if r["estimator"] == name]
+        for (name, marker), anti in ((e, a) for e in zip(ESTIMATORS, "osD^", strict=True) for a in (False, True)):
+            # short completions: the exact variance where it is known (double-MC's sample variance is biased
+            # low); antithetic variants (dashed, same colour): measured
+            pts = [(r["nfe"], r.get("exact_variance", r["variance"])) for r in rows
+                   if r["estimator"] == name and r.get("antithetic", False) == anti]
             if pts:
                 x, y = zip(*pts, strict=True)
-                ax.plot(x, y, marker=marker, label=name, linestyle="-" if len(pts) > 1 else "none")
+                colour = {"color": ax.lines[-1].get_color(), "markerfacecolor": "none"} if anti else {}
+                ax.plot(x, y, marker=marker, label=f"{name}, antithetic" if anti else name,
+                        linestyle=("--" if anti else "-") if len(pts) > 1 else "none", **colour)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(list(BUDGETS), [str(b) for b in BUDGETS])
         ax.set_xlabel("forward passes per sequence (NFE)")
         ax.set_ylabel("variance of the sequence estimate")
         kind = "exact variance" if key == "short" else f"measured, {res[key]['reps_per_seq']} replicates/seq"
+        if key == "short" and res.get("antithetic"):
+            kind += "; antithetic, dashed: measured"
         ax.set_title(f"L = {res[key]['length']} ({kind}; {res['model']})", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -541,6 +601,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a busy CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "docs" / "estimator_variance"), help="output path without suffix")
+    ap.add_argument("--antithetic", action="store_true",
+                    help="also measure the antithetic=True variant of each ELBO estimator at the even budgets")
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 sequences, few replicates")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)

@@ -4,9 +4,9 @@
   backward, the same gradient as the all-at-once path (≤ 1e-5), on a tiny random model and on the
   exact-conditional oracle ``JointTableDLM``; it runs each chunk of B rows under activation
   checkpointing, so backward forwards every row a second time (counted here).
-* ``antithetic=True`` keeps each estimator's mean (``exact_elbo``, or SDMC's quadrature value) and
-  its variance at equal NFE is printed (``-s``) and, where the reduction is large and reliable,
-  asserted lower.
+* ``antithetic=True`` keeps each estimator's mean (``exact_elbo``, or SDMC's quadrature value) at
+  the NFE of the independent draws; its variance is measured by
+  ``benchmarks/estimator_variance.py --antithetic`` (``docs/estimator_variance_antithetic.md``).
 * The contract of ``tests/test_estimator_contract.py`` is re-run on the new options (its checks are
   imported and applied with extra settings, without editing that file).
 """
@@ -196,7 +196,7 @@ def small():
 
 @pytest.mark.parametrize("length", ["padded", "true"])
 @pytest.mark.parametrize("name", sorted(ANTITHETIC))
-def test_antithetic_keeps_the_mean_and_reports_variance(name, length, model, small, capsys):
+def test_antithetic_keeps_the_mean(name, length, model, small):
     prompt, comp, cmask = small
     kw = ANTITHETIC[name]
     ind = {k: v for k, v in kw.items() if k != "antithetic"}
@@ -211,13 +211,9 @@ def test_antithetic_keeps_the_mean_and_reports_variance(name, length, model, sma
             target = (load_estimator("exact_elbo", length=length)(model, prompt, comp, cmask) * cmask).sum(1)
     R = 800
     anti = _seq_reps(anti_est, model, prompt, comp, cmask, R)
-    indep = _seq_reps(ind_est, model, prompt, comp, cmask, R, seed=10_000)
     se = anti.std(1) / math.sqrt(R)
     slack = 2e-3 * target.abs() if name == "double_mc_elbo" else 0.0  # O(eps) floor of the times
     assert ((anti.mean(1) - target.double()).abs() < Z * se + slack).all(), (anti.mean(1), target, se)
-    with capsys.disabled():
-        print(f"\n[{name}, {length}, NFE={anti_est.nfe(4)}] variance independent={indep.var(1).tolist()} "
-              f"antithetic={anti.var(1).tolist()}")
     assert anti_est.nfe(4) == ind_est.nfe(4)
 
 
