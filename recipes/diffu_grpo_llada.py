@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from dlm_trl.trainers import DiffuGRPOConfig, DiffuGRPOTrainer  # noqa: E402
-from dlm_trl.trainers.recipe_utils import cpu_rollout_autocast_dtype, run_recipe  # noqa: E402
+from dlm_trl.trainers.recipe_utils import run_recipe, tiny_defaults  # noqa: E402
 
 # Defaults for the embedded tiny model on 2 CPU cores (applied only without --config).
 # Each optimizer step sees 256 completions (32 prompts x 8), each rollout is used once (num_iterations=1):
@@ -38,39 +38,13 @@ from dlm_trl.trainers.recipe_utils import cpu_rollout_autocast_dtype, run_recipe
 # 14 validations (steps 0, 5, ..., 65) x ~20 s = 4.7 min on 200 validation prompts + 3 test evaluations
 # (before / final / best) x ~40 s on 400 prompts. train_minutes is only a safety cap (report.json: time_cap_hit).
 # The learning rate and the other hyper-parameters are not tuned for this budget yet.
-TINY_DEFAULTS = dict(
-    model_name_or_path="tiny",
+TINY_DEFAULTS = tiny_defaults(
     output_dir="outputs/diffu_grpo_tiny",
-    task="countdown",
-    num_train_prompts=3000,
-    eval_samples=400,  # test prompts: before, final, best-on-validation
-    val_samples=200,  # validation prompts, every eval_every_steps and at the start and the end
-    eval_every_steps=5,
     max_steps=65,
-    train_minutes=60.0,  # safety cap only
-    torch_threads=None,
-    num_generations=8,
-    per_device_train_batch_size=64,
-    gradient_accumulation_steps=4,
-    num_iterations=1,
     learning_rate=2e-5,
-    lr_scheduler_type="constant",
-    warmup_steps=0,
-    max_grad_norm=1.0,
-    gen_length=48,
-    block_length=16,
-    diffusion_steps=24,
-    temperature=1.0,
-    rollout_autocast_dtype=cpu_rollout_autocast_dtype(),  # bf16 rollouts where the CPU has native bf16
     estimator_kwargs={"p_mask_prompt": 0.15},
     beta=0.04,
     epsilon=0.5,
-    bf16=False,
-    use_cpu=True,
-    logging_steps=1,
-    save_strategy="no",
-    report_to="none",
-    seed=0,
 )
 
 

@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from dlm_trl.trainers import GDPOConfig, GDPOTrainer  # noqa: E402
-from dlm_trl.trainers.recipe_utils import cpu_rollout_autocast_dtype, run_recipe  # noqa: E402
+from dlm_trl.trainers.recipe_utils import run_recipe, tiny_defaults  # noqa: E402
 
 # Defaults for the embedded tiny model on 2 CPU cores (applied only without --config).
 # Each optimizer step sees 256 completions (32 prompts x 8), each rollout is used once (num_iterations=1):
@@ -38,41 +38,15 @@ from dlm_trl.trainers.recipe_utils import cpu_rollout_autocast_dtype, run_recipe
 # 12 validations (steps 0, 5, ..., 55) x ~20 s = 4 min on 200 validation prompts + 3 test evaluations
 # (before / final / best) x ~40 s on 400 prompts. train_minutes is only a safety cap (report.json: time_cap_hit).
 # The learning rate and the other hyper-parameters are not tuned for this budget yet.
-TINY_DEFAULTS = dict(
-    model_name_or_path="tiny",
+TINY_DEFAULTS = tiny_defaults(
     output_dir="outputs/gdpo_tiny",
-    task="countdown",
-    num_train_prompts=3000,
-    eval_samples=400,  # test prompts: before, final, best-on-validation
-    val_samples=200,  # validation prompts, every eval_every_steps and at the start and the end
-    eval_every_steps=5,
     max_steps=55,
-    train_minutes=60.0,  # safety cap only
-    torch_threads=None,
-    num_generations=8,
-    per_device_train_batch_size=64,
-    gradient_accumulation_steps=4,
-    num_iterations=1,
     learning_rate=1e-5,
-    lr_scheduler_type="constant",
-    warmup_steps=0,
-    max_grad_norm=1.0,
-    gen_length=48,
-    block_length=16,
-    diffusion_steps=24,
-    temperature=1.0,
-    rollout_autocast_dtype=cpu_rollout_autocast_dtype(),  # bf16 rollouts where the CPU has native bf16
     # Confidence-threshold parallel decoding (threshold 0.9, no cache): 3.5x faster rollouts at -0.1 points of greedy
     # accuracy on the whole test split, and on this recipe (seed 0, 55 steps) test 37.0 % final / 40.2 % best-on-
     # validation vs 36.2 / 38.0 % with the plain sampler; step time 18.5 s vs 30.9 s (README "Fast rollouts").
     rollout="fast",
     estimator_kwargs={"num_nodes": 3, "masks_per_node": 1},
-    bf16=False,
-    use_cpu=True,
-    logging_steps=1,
-    save_strategy="no",
-    report_to="none",
-    seed=0,
 )
 
 

@@ -607,6 +607,48 @@ __all__ = [
 ]
 
 
+def tiny_defaults(**overrides) -> dict:
+    """The recipes' defaults for the embedded tiny model on 2 CPU cores (applied only without ``--config``),
+    updated with each recipe's own ``overrides`` (its output folder, step budget, learning rate, algorithm fields).
+
+    Shared by every recipe: Countdown; the protocol (test on 400 prompts before / final / best-on-validation,
+    validation on 200 prompts every 5 steps; ``train_minutes`` only a safety cap); 256 completions per optimizer
+    step (32 prompts x 8, each rollout used once: with 32 per step the update's noise outweighed its signal and
+    held-out accuracy fell, README "RL on the tiny model"); the sampler at gen_length 48, block 16, 24 steps,
+    temperature 1, bf16 rollouts where the CPU has native bf16; fp32 training on CPU, TRL logging every step.
+    """
+    defaults = dict(
+        model_name_or_path="tiny",
+        task="countdown",
+        num_train_prompts=3000,
+        eval_samples=400,  # test prompts: before, final, best-on-validation
+        val_samples=200,  # validation prompts, every eval_every_steps and at the start and the end
+        eval_every_steps=5,
+        train_minutes=60.0,  # safety cap only
+        torch_threads=None,
+        num_generations=8,
+        per_device_train_batch_size=64,
+        gradient_accumulation_steps=4,
+        num_iterations=1,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_grad_norm=1.0,
+        gen_length=48,
+        block_length=16,
+        diffusion_steps=24,
+        temperature=1.0,
+        rollout_autocast_dtype=cpu_rollout_autocast_dtype(),  # bf16 rollouts where the CPU has native bf16
+        bf16=False,
+        use_cpu=True,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+    )
+    defaults.update(overrides)
+    return defaults
+
+
 def run_recipe(trainer_cls, config_cls, tiny_defaults: dict, argv: list[str] | None, *, name: str) -> dict:
     """What every ``recipes/<algo>_llada.py`` does: parse ``RecipeArguments`` + ``config_cls`` + ``ModelConfig``
     (the tiny defaults apply only without ``--config``), load the policy, train ``trainer_cls`` under the
