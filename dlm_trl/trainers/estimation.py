@@ -73,35 +73,54 @@ class _EstimationMixin:
 
     def _score_rollout(self, out: dict) -> None:
         """Old and reference estimates ``[B, μ, L]`` for the iterations that need them (no grad)."""
-        seeds = out["mask_seeds"]  # [B, μ]
-        B, mu = seeds.shape
-        L = out["completion_ids"].shape[1]
-        shared = self._shared_masks()
-        canon = (lambda k: 0) if shared else (lambda k: k)
-        on_policy0 = self._iteration0_on_policy or not self.model.training
+        mu = out["mask_seeds"].shape[1]
         batch = {
             "prompt_ids": out["prompt_ids"], "prompt_mask": out["prompt_mask"],
             "completion_ids": out["completion_ids"], "completion_mask": out["completion_mask"],
         }
-        bs = self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
-
-        def estimates(model, ks, counter):
-            table = {}
-            for k in sorted({canon(k) for k in ks}):
-                table[k] = self._estimate_chunked(model, batch, seeds[:, k], bs)
-                self.nfe_counts[counter] += self._last_estimate_nfe
-            full = torch.full((B, mu, L), float("nan"), device=out["completion_ids"].device)
-            for k in ks:
-                full[:, k] = table[canon(k)]
-            return full
-
+        bs = self._rollout_batch_size()
         if self._needs_old_estimates():
-            need_old = [k for k in range(mu) if not (k == 0 and on_policy0)]
+            need_old = self._old_iterations(mu)
             if need_old:
-                out["old_per_token_logps"] = estimates(self.model, need_old, "old")
+                out["old_per_token_logps"] = self._per_iteration_estimates(
+                    out, need_old, "old", lambda seeds: self._estimate_chunked(self.model, batch, seeds, bs)
+                )
         if self.beta != 0.0:
             with self._reference_policy() as ref:
-                out["ref_per_token_logps"] = estimates(ref, list(range(mu)), "ref")
+                out["ref_per_token_logps"] = self._per_iteration_estimates(
+                    out, list(range(mu)), "ref", lambda seeds: self._estimate_chunked(ref, batch, seeds, bs)
+                )
+
+    def _rollout_batch_size(self) -> int:
+        """Rows per no-grad estimate of a rollout batch (the train or eval micro-batch size)."""
+        return self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
+
+    def _old_iterations(self, mu: int) -> list[int]:
+        """Inner iterations whose old estimate must be computed (iteration 0 is on-policy when it can be)."""
+        on_policy0 = self._iteration0_on_policy or not self.model.training
+        return [k for k in range(mu) if not (k == 0 and on_policy0)]
+
+    def _per_iteration_estimates(self, out: dict, ks: list[int], counter: str, estimate):
+        """``estimate(seeds [B])`` → ``[B, L]`` (or a tuple of them) run once per distinct mask set among the inner
+        iterations ``ks`` (one set for all when masks are shared), spread to ``[B, μ, L]`` (a tuple for a tuple),
+        NaN at the iterations not in ``ks``; its NFE goes to ``nfe_counts[counter]``."""
+        seeds = out["mask_seeds"]  # [B, μ]
+        B, mu = seeds.shape
+        L = out["completion_ids"].shape[1]
+        canon = (lambda k: 0) if self._shared_masks() else (lambda k: k)
+        table = {}
+        for k in sorted({canon(k) for k in ks}):
+            result = estimate(seeds[:, k])
+            table[k] = result if isinstance(result, tuple) else (result,)
+            self.nfe_counts[counter] += self._last_estimate_nfe
+        width = len(next(iter(table.values())))
+        full = tuple(
+            torch.full((B, mu, L), float("nan"), device=out["completion_ids"].device) for _ in range(width)
+        )
+        for k in ks:
+            for f, value in zip(full, table[canon(k)], strict=True):
+                f[:, k] = value
+        return full if width > 1 else full[0]
 
     def _estimate_chunked(self, model, batch: dict, seeds: torch.Tensor, batch_size: int | None) -> torch.Tensor:
         input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)

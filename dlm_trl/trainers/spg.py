@@ -212,25 +212,13 @@ class SPGTrainer(_DLMTrainerBase):
         """Old ELBO and EUBO ``[B, μ, L]`` (no grad) for the inner iterations that need them, with ``spg_clip``."""
         if not self._needs_old_estimates():
             return
-        seeds = out["mask_seeds"]  # [B, μ]
-        B, mu = seeds.shape
-        L = out["completion_ids"].shape[1]
-        canon = (lambda k: 0) if self._shared_masks() else (lambda k: k)
-        on_policy0 = self._iteration0_on_policy or not self.model.training
-        need = [k for k in range(mu) if not (k == 0 and on_policy0)]
+        need = self._old_iterations(out["mask_seeds"].shape[1])
         if not need:
             return
-        bs = self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
-        table = {}
-        for k in sorted({canon(k) for k in need}):
-            table[k] = self.spg_bounds(self.model, out, seeds[:, k], bs)
-            self.nfe_counts["old"] += self._last_estimate_nfe
-        device = out["completion_ids"].device
-        old_e = torch.full((B, mu, L), float("nan"), device=device)
-        old_u = torch.full((B, mu, L), float("nan"), device=device)
-        for k in need:
-            old_e[:, k], old_u[:, k] = table[canon(k)]
-        out["old_per_token_logps"], out["old_eubo_per_token_logps"] = old_e, old_u
+        bs = self._rollout_batch_size()
+        out["old_per_token_logps"], out["old_eubo_per_token_logps"] = self._per_iteration_estimates(
+            out, need, "old", lambda seeds: self.spg_bounds(self.model, out, seeds, bs)
+        )
 
     def compute_policy_loss(self, model, inputs):
         elbo, eubo = self.spg_bounds(model, inputs, inputs["mask_seeds"])  # [B, L] each, this iteration's masks
