@@ -205,3 +205,62 @@ def test_guidance_sweep_settings_and_report(tmp_path):
     md = (tmp_path / "g.md").read_text()
     assert "| s2-late-rate | 2 | late | rate-preserving |" in md and "Δ +25.00 points" in md
     assert json.loads((tmp_path / "g.json").read_text())["tasks"]["countdown"]["best_on_validation"] == "s2-late-rate"
+
+
+NSC_SMALL = ["--seeds", "0", "--steps", "2", "--eval_samples", "64", "--batch", "16", "--hidden", "16", "--heads", "2"]
+
+
+def test_neural_sampler_compare_ising_smoke(tmp_path, capsys):
+    """2 x 2 Ising, β above and below β_c, MDNS and PDNS, one seed, in this process; exact references."""
+    from dlm_trl.neural_samplers.ising import exact_ising
+
+    nsc = load("neural_sampler_compare")
+    out, work = tmp_path / "nsc", tmp_path / "runs"
+    argv = ["--lattice", "2", *NSC_SMALL, "--out", str(out), "--work", str(work)]
+    res = nsc.main(argv)
+    md = out.with_suffix(".md").read_text()
+    assert "# MDNS vs PDNS on the periodic Ising model" in md and "2 rounds × 16 samples" in md
+    for beta, phase in (("0.3", "disordered (β < β_c)"), ("0.6", "ordered (β > β_c)")):
+        assert f"| 2 | {beta} | {phase} | MDNS | 0 |" in md and f"| 2 | {beta} | {phase} | PDNS | 0 |" in md
+        assert f"| 2 | {beta} | MDNS | 0 |" in md  # per-seed table
+    assert f"| 2 | 0.3 | 0.68 | exact (enumeration) | {exact_ising(2, 0.3).energy:.4f} |" in md
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["settings"]["betas"] == [0.3, 0.6] and data["settings"]["methods"] == ["mdns", "pdns"]
+    assert len(data["runs"]) == 4 and {(r["beta"], r["method"]) for r in data["runs"]} == {
+        (0.3, "mdns"), (0.3, "pdns"), (0.6, "mdns"), (0.6, "pdns")}
+    for r in data["runs"]:
+        m, rep = r["metrics"], r["report"]
+        assert rep["args"]["steps"] == 2 and len(rep["history"]) == 2 and rep["args"]["q"] == 2
+        assert rep["reference"]["log_z"] == pytest.approx(exact_ising(2, r["beta"]).log_z)
+        assert 0 <= m["mode_coverage"] <= 1 and m["mode_tv"] == pytest.approx(abs(m["mode_coverage"] - 0.5))
+        assert m["err_log_z"] == rep["trained"]["err_log_z"] and 0 < m["ess"] <= 1 and m["err_energy"] >= 0
+        assert (Path(r["dir"]) / "run.log").read_text().count("step") >= 2
+    assert res["runs"][0]["metrics"] == data["runs"][0]["metrics"]
+    assert out.with_suffix(".png").stat().st_size > 1000
+    # a second call reuses the finished runs (same recipe arguments) instead of retraining
+    capsys.readouterr()
+    nsc.main(argv)
+    assert capsys.readouterr().out.count("reused") == 4
+    with pytest.raises(SystemExit):
+        nsc.main([*argv, "--beta", "0.5"])  # a per-run recipe flag: use --betas
+    with pytest.raises(SystemExit):
+        nsc.main([*argv, "--methods", "mdns,grpo"])
+
+
+def test_neural_sampler_compare_potts_wolff_in_a_subprocess(tmp_path):
+    """3-state Potts on 2 x 2 against a Wolff reference computed once by the benchmark; one run through the
+    subprocess path (--jobs 2)."""
+    nsc = load("neural_sampler_compare")
+    out = tmp_path / "nsc"
+    nsc.main(["--q", "3", "--lattice", "2", "--betas", "1.2", "--methods", "pdns", "--reference", "wolff",
+              "--mc_samples", "500", "--jobs", "2", *NSC_SMALL, "--out", str(out), "--work", str(tmp_path / "runs")])
+    md = out.with_suffix(".md").read_text()
+    assert "3-state Potts" in md and "Wolff MC (500 measurements, seed 0)" in md
+    assert "| 2 | 1.2 | ordered (β > β_c) | PDNS | 0 |" in md and "MDNS" not in md.split("## Per seed")[1]
+    data = json.loads(out.with_suffix(".json").read_text())
+    (run,) = data["runs"]
+    assert run["report"]["reference"]["n_samples"] == 500 and run["report"]["reference"]["q"] == 3
+    assert run["metrics"]["err_log_z"] is None and 0 <= run["metrics"]["mode_coverage"] <= 1
+    assert run["metrics"]["mode_tv"] == run["report"]["trained"]["mode_tv"]
+    (ref,) = data["references"]
+    assert Path(ref["file"]).exists() and ref["stats"]["beta"] == 1.2

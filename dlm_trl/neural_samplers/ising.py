@@ -16,6 +16,25 @@ Statistics (:func:`spin_statistics`, per site): mean energy ``⟨U⟩/N``, mean 
 ``⟨|M|⟩/N`` (``M = Σ s_i``), nearest-neighbour two-point correlation ``⟨s_i s_j⟩`` averaged over the
 ``2N`` bonds (equal to ``−⟨U⟩/(2N)`` for Ising), and the distribution of ``M ∈ {−N, −N+2, .., N}``
 (index ``(M + N)/2``).
+
+Potts statistics (:func:`potts_statistics`, per site; ``n_k`` = number of sites in state ``k``), chosen so
+that ``q = 2`` gives back the Ising ones above:
+
+* energy per site ``⟨U⟩/N`` in the Potts convention (``U = −Σ δ``, so ``−2 ≤ U/N ≤ 0``);
+* order parameter (the standard Potts magnetisation) ``m = (q · max_k n_k / N − 1)/(q − 1) ∈ [0, 1]``:
+  0 for equal colour counts, 1 for a single colour; for ``q = 2`` it is ``|M|/N``;
+* normalised same-state correlation ``c = (q · δ̄ − 1)/(q − 1)``, ``δ̄`` = fraction of the ``2N`` bonds whose
+  ends agree (``= −U/(2N)``): 0 for independent uniform colours, 1 when every bond agrees; for ``q = 2`` it is
+  ``⟨s_i s_j⟩``;
+* the distribution of the majority count ``n_max = max_k n_k`` (``mag_pmf[j] = P(n_max = j)``, ``j = 0..N``,
+  the analogue of the ``|M|`` distribution), and the distribution of the majority *colour* (``majority_pmf``;
+  a configuration whose maximum is shared by several colours counts ``1/#tied`` for each). The colour
+  permutation symmetry makes the exact majority-colour distribution uniform, ``1/q`` each: the Potts
+  version of the Ising "P(M > 0) = 1/2" mode-coverage check.
+
+The critical point of the Potts model with this convention is ``β_c(q) = ln(1 + √q)`` (continuous transition
+for ``q ≤ 4``, first order above; :func:`potts_beta_c`); ``q = 2`` gives ``2 · BETA_C`` because the Ising
+coupling is twice the Potts one (``U_ising = 2 U_potts + 2N`` on the same configuration).
 """
 
 from __future__ import annotations
@@ -28,6 +47,19 @@ import numpy as np
 import torch
 
 BETA_C = 0.5 * math.log(1.0 + math.sqrt(2.0))
+
+
+def potts_beta_c(q: int) -> float:
+    """Critical inverse temperature ``ln(1 + √q)`` of the ``q``-state Potts model ``U = −Σ δ(s_i, s_j)`` on
+    the infinite square lattice (self-duality); ``q = 2`` gives ``2 · BETA_C`` (Ising in Potts units)."""
+    _check_q(q)
+    return math.log(1.0 + math.sqrt(q))
+
+
+def _check_q(q: int) -> None:
+    if int(q) != q or q < 2:
+        raise ValueError(f"q must be an integer ≥ 2 (2 = Ising, ≥ 3 = q-state Potts), got {q!r}")
+
 
 # --------------------------------------------------------------------------------------------- energies
 
@@ -77,9 +109,13 @@ def bond_correlation(spins: torch.Tensor, L: int | None = None) -> torch.Tensor:
 
 @dataclass
 class SpinStats:
-    """Per-site statistics of an Ising ensemble (exact, Monte Carlo or model samples).
+    """Per-site statistics of an Ising or Potts ensemble (exact, Monte Carlo or model samples).
 
-    ``*_se`` are standard errors (0 for exact values); ``mag_pmf[k]`` is ``P(M = 2k − N)``."""
+    ``*_se`` are standard errors (0 for exact values). Ising (``q = 2``): ``abs_mag`` = ``⟨|M|⟩/N``, ``nn_corr``
+    = ``⟨s_i s_j⟩``, ``mag_pmf[k]`` = ``P(M = 2k − N)``. Potts (``q ≥ 3``, :func:`potts_statistics`):
+    ``abs_mag`` = the order parameter ``m``, ``nn_corr`` = the normalised same-state correlation ``c``,
+    ``mag_pmf[j]`` = ``P(n_max = j)`` and ``majority_pmf[k]`` = P(colour ``k`` is the majority); the dictionary
+    keys (:meth:`as_dict`) are the same as for Ising, plus ``q`` and ``majority_colour_pmf``."""
 
     L: int
     energy: float
@@ -91,6 +127,8 @@ class SpinStats:
     nn_corr_se: float = 0.0
     log_z: float | None = None
     n_samples: int | None = None
+    q: int = 2
+    majority_pmf: np.ndarray | None = None
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -108,8 +146,34 @@ class SpinStats:
             d["log_z"] = self.log_z
         if self.n_samples is not None:
             d["n_samples"] = self.n_samples
+        if self.q != 2:
+            d["q"] = self.q
+            if self.majority_pmf is not None:
+                d["majority_colour_pmf"] = [float(x) for x in self.majority_pmf]
         d.update(self.extra)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SpinStats:
+        """Inverse of :meth:`as_dict` (keys it does not know go back to ``extra``)."""
+        known = {
+            "L": "L",
+            "energy_per_site": "energy",
+            "abs_magnetisation_per_site": "abs_mag",
+            "nn_correlation": "nn_corr",
+            "energy_per_site_se": "energy_se",
+            "abs_magnetisation_per_site_se": "abs_mag_se",
+            "nn_correlation_se": "nn_corr_se",
+            "log_z": "log_z",
+            "n_samples": "n_samples",
+            "q": "q",
+        }
+        kw = {attr: d[key] for key, attr in known.items() if key in d}
+        kw["mag_pmf"] = np.asarray(d["magnetisation_pmf"], dtype=np.float64)
+        if "majority_colour_pmf" in d:
+            kw["majority_pmf"] = np.asarray(d["majority_colour_pmf"], dtype=np.float64)
+        skip = set(known) | {"magnetisation_pmf", "majority_colour_pmf"}
+        return cls(**kw, extra={k: v for k, v in d.items() if k not in skip})
 
 
 def _per_config(spins: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -150,6 +214,59 @@ def spin_statistics(spins: torch.Tensor, weights: torch.Tensor | None = None) ->
     )
 
 
+def _potts_per_config(
+    states: torch.Tensor, q: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``[S, L, L]`` Potts states → per-configuration energy/site, order parameter ``m``, normalised
+    same-state correlation ``c``, majority count ``n_max`` and majority-colour shares ``[S, q]`` (ties split)."""
+    S, L = states.shape[0], states.shape[-1]
+    n = L * L
+    U = potts_energy(states)
+    e = (U / n).numpy()
+    same = -U / (2 * n)  # fraction of agreeing bonds
+    c = ((q * same - 1.0) / (q - 1)).numpy()
+    flat = states.reshape(S, n)
+    counts = torch.stack([(flat == k).sum(1) for k in range(q)], 1)  # [S, q]
+    n_max = counts.max(1).values  # [S]
+    m = ((q * n_max.double() / n - 1.0) / (q - 1)).numpy()
+    top = (counts == n_max[:, None]).double()
+    share = (top / top.sum(1, keepdim=True)).numpy()
+    return e, m, c, n_max.numpy(), share
+
+
+def potts_statistics(states: torch.Tensor, q: int, weights: torch.Tensor | None = None) -> SpinStats:
+    """Statistics (module docstring) of ``q``-state Potts configurations ``[S, L, L]`` (values ``0..q−1``),
+    uniformly weighted (i.i.d. standard errors) or with ``weights [S]`` (normalised here; standard errors 0).
+    For ``q = 2`` on Ising tokens, ``abs_mag`` and ``nn_corr`` equal :func:`spin_statistics`'s."""
+    _check_q(q)
+    states = _grid(states).long()
+    if states.numel() and (int(states.min()) < 0 or int(states.max()) >= q):
+        raise ValueError(f"Potts states must lie in 0..{q - 1}")
+    S, L = states.shape[0], states.shape[-1]
+    n = L * L
+    e, m, c, n_max, share = _potts_per_config(states, q)
+    if weights is None:
+        w = np.full(S, 1.0 / S)
+        se = lambda x: float(x.std(ddof=1) / math.sqrt(S)) if S > 1 else 0.0  # noqa: E731
+    else:
+        w = weights.double().numpy()
+        w = w / w.sum()
+        se = lambda x: 0.0  # noqa: E731
+    return SpinStats(
+        L=L,
+        energy=float((w * e).sum()),
+        abs_mag=float((w * m).sum()),
+        nn_corr=float((w * c).sum()),
+        mag_pmf=np.bincount(n_max, weights=w, minlength=n + 1),
+        energy_se=se(e),
+        abs_mag_se=se(m),
+        nn_corr_se=se(c),
+        n_samples=S,
+        q=q,
+        majority_pmf=(w[:, None] * share).sum(0),
+    )
+
+
 # --------------------------------------------------------------------------------------------- enumeration
 
 MAX_ENUMERATED = 2**20
@@ -159,7 +276,11 @@ def enumerate_states(n_sites: int, q: int = 2) -> torch.Tensor:
     """All ``q^n`` configurations as tokens ``[q^n, n]`` (int64, row ``r`` = base-``q`` digits of ``r``,
     most significant first)."""
     if q**n_sites > MAX_ENUMERATED:
-        raise ValueError(f"{q}^{n_sites} configurations is too many to enumerate (limit {MAX_ENUMERATED})")
+        raise ValueError(
+            f"{q}^{n_sites} = {q**n_sites:,} configurations is too many to enumerate (limit {MAX_ENUMERATED:,} "
+            "= 2^20): use a smaller lattice or fewer states, or a Wolff Monte Carlo reference "
+            "(reference_statistics(..., method='wolff'); recipes/mdns_ising.py --reference wolff)"
+        )
     r = torch.arange(q**n_sites, dtype=torch.long)
     powers = q ** torch.arange(n_sites - 1, -1, -1, dtype=torch.long)
     return (r[:, None] // powers[None, :]) % q
@@ -186,6 +307,27 @@ def exact_potts(L: int, q: int, beta: float) -> dict:
     log_z = torch.logsumexp(logw, 0)
     p = torch.exp(logw - log_z)
     return {"log_z": float(log_z), "energy_per_site": float((p * U).sum() / (L * L))}
+
+
+def exact_potts_statistics(L: int, q: int, beta: float) -> SpinStats:
+    """Exact Potts statistics (:func:`potts_statistics`) with ``log Z`` by enumerating all ``q^{L²}`` states
+    (at most 2^20: e.g. 3 × 3 with q ≤ 4; 4 × 4 with q = 3 has 43 million states and needs Wolff)."""
+    _check_q(q)
+    states = enumerate_states(L * L, q).reshape(-1, L, L)
+    logw = -beta * potts_energy(states)
+    log_z = float(torch.logsumexp(logw, 0))
+    st = potts_statistics(states, q, torch.exp(logw - log_z))
+    st.log_z, st.n_samples = log_z, None
+    return st
+
+
+def exact_statistics(L: int, beta: float, q: int = 2) -> SpinStats:
+    """Exact statistics by enumeration: :func:`exact_ising` for ``q = 2``, :func:`exact_potts_statistics`
+    otherwise (``q^{L²}`` ≤ 2^20, else a ``ValueError`` that says what to use instead)."""
+    _check_q(q)
+    if q == 2 and L > 4:
+        enumerate_states(L * L, 2)  # raises the explanatory error
+    return exact_ising(L, beta) if q == 2 else exact_potts_statistics(L, q, beta)
 
 
 def exact_log_probs(L: int, beta: float, q: int = 2) -> torch.Tensor:
@@ -256,12 +398,9 @@ def wolff_ising(
         rec[t] = s
     spins = torch.from_numpy(rec.astype(np.int64)).reshape(-1, L, L)
     e, m, c, k = _per_config(spins)
-    nb = max(2, min(n_batches, n_measure))
-    usable = (n_measure // nb) * nb
 
     def batch_se(x: np.ndarray) -> float:
-        b = x[:usable].reshape(nb, -1).mean(1)
-        return float(b.std(ddof=1) / math.sqrt(nb))
+        return _batch_means_se(x, n_batches)
 
     return SpinStats(
         L=L,
@@ -283,27 +422,145 @@ def wolff_ising(
     )
 
 
-def reference_statistics(L: int, beta: float, *, seed: int = 0, n_measure: int = 20_000) -> SpinStats:
-    """Exact statistics for ``L ≤ 4``, the Wolff Monte Carlo reference otherwise."""
-    if L <= 4:
-        return exact_ising(L, beta)
-    return wolff_ising(L, beta, n_measure=n_measure, seed=seed)
+def _batch_means_se(x: np.ndarray, n_batches: int) -> float:
+    """Standard error of the mean of a correlated series from the means of ``n_batches`` contiguous batches
+    (the tail that does not fill a batch is left out)."""
+    nb = max(2, min(n_batches, x.shape[0]))
+    usable = (x.shape[0] // nb) * nb
+    b = x[:usable].reshape(nb, -1).mean(1)
+    return float(b.std(ddof=1) / math.sqrt(nb))
+
+
+def wolff_update_potts(s: list[int], nbr: list[list[int]], p_add: float, q: int, rng: random.Random) -> int:
+    """One Wolff cluster move of the ``q``-state Potts model in place; returns the cluster size.
+
+    A random seed site of colour ``a`` starts the cluster; a listed bond to a neighbour that still has
+    colour ``a`` joins it with probability ``p_add = 1 − e^{−β}`` (each agreeing bond carries weight
+    ``e^{β}``), and the whole cluster is re-coloured to a colour ``b ≠ a`` drawn uniformly from the other
+    ``q − 1``. Detailed balance: with ``n_a`` / ``n_b`` boundary bonds to outside sites of colour ``a`` / ``b``,
+    the move needs ``n_a`` refused bonds (``(1 − p_add)^{n_a} = e^{−β n_a}``) and its reverse ``n_b``, while
+    ``π(new)/π(old) = e^{β (n_b − n_a)}``; the colour choice is symmetric. Members are re-coloured as they
+    join, so none is visited twice; a doubly-listed pair (``L = 2``) is tried twice, i.e. coupling 2, as in
+    :func:`potts_energy`. For ``q = 2`` this is :func:`wolff_update` at ``β_potts = 2 β_ising``."""
+    i = rng.randrange(len(s))
+    a = s[i]
+    b = rng.randrange(q - 1)
+    if b >= a:
+        b += 1
+    s[i] = b
+    stack, size = [i], 1
+    while stack:
+        j = stack.pop()
+        for k in nbr[j]:
+            if s[k] == a and rng.random() < p_add:
+                s[k] = b
+                stack.append(k)
+                size += 1
+    return size
+
+
+def wolff_potts(
+    L: int,
+    q: int,
+    beta: float,
+    *,
+    n_measure: int = 20_000,
+    burn_in: int = 1_000,
+    thin: int = 2,
+    n_batches: int = 40,
+    seed: int = 0,
+) -> SpinStats:
+    """Wolff cluster Monte Carlo reference for the periodic ``L × L`` ``q``-state Potts model
+    ``π ∝ exp(β Σ δ(s_i, s_j))`` (:func:`wolff_update_potts`), with the statistics of
+    :func:`potts_statistics`.
+
+    Same protocol as :func:`wolff_ising`: ``burn_in`` cluster moves from a uniformly random colouring are
+    discarded, then ``n_measure`` configurations are recorded every ``thin`` moves; standard errors are batch
+    means over ``n_batches`` contiguous batches. Seeded (``random.Random(seed)``)."""
+    _check_q(q)
+    if L < 2:
+        raise ValueError(f"the lattice needs L ≥ 2, got {L}")
+    rng = random.Random(seed)
+    n = L * L
+    nbr = neighbours(L)
+    p_add = 1.0 - math.exp(-beta)
+    s = [rng.randrange(q) for _ in range(n)]
+    for _ in range(burn_in):
+        wolff_update_potts(s, nbr, p_add, q, rng)
+    rec = np.empty((n_measure, n), dtype=np.int8 if q <= 127 else np.int64)
+    sizes = 0
+    for t in range(n_measure):
+        for _ in range(thin):
+            sizes += wolff_update_potts(s, nbr, p_add, q, rng)
+        rec[t] = s
+    states = torch.from_numpy(rec.astype(np.int64)).reshape(-1, L, L)
+    e, m, c, n_max, share = _potts_per_config(states, q)
+    return SpinStats(
+        L=L,
+        energy=float(e.mean()),
+        abs_mag=float(m.mean()),
+        nn_corr=float(c.mean()),
+        mag_pmf=np.bincount(n_max, minlength=n + 1) / n_measure,
+        energy_se=_batch_means_se(e, n_batches),
+        abs_mag_se=_batch_means_se(m, n_batches),
+        nn_corr_se=_batch_means_se(c, n_batches),
+        n_samples=n_measure,
+        q=q,
+        majority_pmf=share.mean(0),
+        extra={
+            "method": "wolff",
+            "burn_in": burn_in,
+            "thin": thin,
+            "seed": seed,
+            "mean_cluster_size": sizes / (n_measure * thin),
+        },
+    )
+
+
+REFERENCE_METHODS = ("auto", "exact", "wolff")
+
+
+def reference_statistics(
+    L: int, beta: float, *, seed: int = 0, n_measure: int = 20_000, q: int = 2, method: str = "auto"
+) -> SpinStats:
+    """Reference statistics of the ``L × L`` Ising (``q = 2``) or ``q``-state Potts model.
+
+    ``method``: ``"exact"`` enumerates (:func:`exact_statistics`; a ``ValueError`` when ``q^{L²}`` > 2^20),
+    ``"wolff"`` runs the seeded Wolff chain with ``n_measure`` measurements (:func:`wolff_ising` /
+    :func:`wolff_potts`), ``"auto"`` is exact whenever ``q^{L²}`` ≤ 2^20 (Ising: ``L ≤ 4``) and Wolff
+    otherwise."""
+    _check_q(q)
+    if method not in REFERENCE_METHODS:
+        raise ValueError(f"method must be one of {REFERENCE_METHODS}, got {method!r}")
+    if method == "exact" or (method == "auto" and q ** (L * L) <= MAX_ENUMERATED):
+        return exact_statistics(L, beta, q)
+    if q == 2:
+        return wolff_ising(L, beta, n_measure=n_measure, seed=seed)
+    return wolff_potts(L, q, beta, n_measure=n_measure, seed=seed)
 
 
 __all__ = [
     "BETA_C",
+    "MAX_ENUMERATED",
+    "REFERENCE_METHODS",
     "SpinStats",
     "bond_correlation",
     "enumerate_states",
     "exact_ising",
     "exact_log_probs",
     "exact_potts",
+    "exact_potts_statistics",
+    "exact_statistics",
     "ising_energy",
     "neighbours",
+    "potts_beta_c",
     "potts_energy",
+    "potts_statistics",
     "reference_statistics",
     "spin_statistics",
     "tokens_to_spins",
     "wolff_ising",
+    "wolff_potts",
     "wolff_update",
+    "wolff_update_potts",
 ]

@@ -66,7 +66,15 @@ import torch
 from ..losses import denoising_cross_entropy, dmpo_weights, ess, ess_temperature, wdce_loss
 from ..masking import apply_mask, count_mask
 from ..models.tiny import TinyDLMConfig, TinyDLMForMaskedDiffusion
-from .ising import SpinStats, enumerate_states, ising_energy, potts_energy, spin_statistics, tokens_to_spins
+from .ising import (
+    SpinStats,
+    enumerate_states,
+    ising_energy,
+    potts_energy,
+    potts_statistics,
+    spin_statistics,
+    tokens_to_spins,
+)
 
 STREAM_SAMPLE, STREAM_MASK, STREAM_EVAL = 1, 2, 3
 METHODS = ("mdns", "pdns")
@@ -464,7 +472,7 @@ def evaluate(
     seed: int = 12345,
     exact_kl: bool | None = None,
 ) -> dict:
-    """Statistics of ``n_samples`` model samples (Ising) against the exact / Monte Carlo ``reference``.
+    """Statistics of ``n_samples`` model samples against the exact / Monte Carlo ``reference``.
 
     Returns: the sample statistics (``model``), their self-normalised importance-reweighted version
     (``reweighted``), absolute errors of energy/site, |m|/site and the nearest-neighbour correlation (raw and
@@ -472,7 +480,19 @@ def evaluate(
     normalised ``ess`` of the log-weights, ``mode_coverage`` = P(M > 0 | M ≠ 0) (exactly 0.5 for π), the
     importance-sampling ``log_z`` estimate with its standard error (and the reference's ``log_z`` when known),
     and — for ``q^n ≤ 512`` (or when ``exact_kl``) — ``kl_exact_pi_q`` = KL(π‖q_θ) and ``kl_exact_q_pi`` =
-    KL(q_θ‖π) of the full laws (Potts too)."""
+    KL(q_θ‖π) of the full laws (Potts too).
+
+    Potts (``q ≥ 3``; ``reference`` from :func:`~dlm_trl.neural_samplers.ising.potts_statistics` /
+    ``exact_potts_statistics`` / ``wolff_potts``): the same keys with the Potts statistics of
+    :mod:`~dlm_trl.neural_samplers.ising` — ``err_abs_mag`` is the error of the order parameter
+    ``m = (q·n_max/N − 1)/(q − 1)``, ``err_nn_corr`` that of the normalised same-state correlation, and
+    ``kl_mag`` / ``tv_mag`` compare the distributions of the majority count ``n_max``. Mode coverage is read
+    from the majority-colour histogram ``h`` (``majority_colour_pmf``; exactly uniform for π): ``mode_tv`` =
+    TV(h, uniform) (0 exact) and ``mode_min_share`` = ``q · min_k h_k`` (1 exact, 0 when a colour's mode is
+    never the majority); ``mode_coverage`` is not reported. ``energy_per_site`` (top level) is kept for
+    older callers."""
+    if reference is not None and reference.q != target.q:
+        raise ValueError(f"reference is for q={reference.q} but the target has q={target.q}")
     model.eval()
     traj = sample_batched(model, target, n_samples, seed=seed)
     lw = log_weights(target, traj)
@@ -486,17 +506,27 @@ def evaluate(
         lq = exact_model_log_probs(model, target.n_sites, target.q)
         out["kl_exact_pi_q"] = kl(lp, lq)
         out["kl_exact_q_pi"] = kl(lq, lp)
-    if target.q != 2:
-        out["energy_per_site"] = float(target.energy(traj.tokens).mean() / target.n_sites)
-        return out
-    spins = tokens_to_spins(traj.tokens).reshape(-1, target.L, target.L)
-    st = spin_statistics(spins)
-    rw = spin_statistics(spins, torch.softmax(lw, 0))
-    out["model"] = st.as_dict()
-    out["reweighted"] = rw.as_dict()
-    M = spins.reshape(n_samples, -1).sum(-1)
-    nz = (M != 0).sum().clamp(min=1)
-    out["mode_coverage"] = float((M > 0).sum() / nz)
+    if target.q == 2:
+        spins = tokens_to_spins(traj.tokens).reshape(-1, target.L, target.L)
+        st = spin_statistics(spins)
+        rw = spin_statistics(spins, torch.softmax(lw, 0))
+        out["model"] = st.as_dict()
+        out["reweighted"] = rw.as_dict()
+        M = spins.reshape(n_samples, -1).sum(-1)
+        nz = (M != 0).sum().clamp(min=1)
+        out["mode_coverage"] = float((M > 0).sum() / nz)
+    else:
+        q = target.q
+        states = traj.tokens.reshape(-1, target.L, target.L)
+        st = potts_statistics(states, q)
+        rw = potts_statistics(states, q, torch.softmax(lw, 0))
+        out["energy_per_site"] = st.energy
+        out["model"] = st.as_dict()
+        out["reweighted"] = rw.as_dict()
+        h = st.majority_pmf
+        out["majority_colour_pmf"] = [float(x) for x in h]
+        out["mode_tv"] = 0.5 * float(np.abs(h - 1.0 / q).sum())
+        out["mode_min_share"] = q * float(h.min())
     if reference is not None:
         for name, attr in (("energy", "energy"), ("abs_mag", "abs_mag"), ("nn_corr", "nn_corr")):
             out[f"err_{name}"] = abs(getattr(st, attr) - getattr(reference, attr))
