@@ -53,7 +53,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = {"diffu_grpo": "diffu-GRPO", "gdpo": "GDPO", "dmpo": "DMPO", "spg": "SPG"}
+NAMES = {"diffu_grpo": "diffu-GRPO", "gdpo": "GDPO", "dmpo": "DMPO", "spg": "SPG", "tr2d2": "TR2-D2"}
 # report.json "seconds" buckets, in table order; evaluations inside train_runtime (test before, validation)
 # come from the protocol's own timings; the remainder of train_seconds is the policy pass (forward +
 # backward) and the optimizer step.

@@ -264,3 +264,15 @@ def test_neural_sampler_compare_potts_wolff_in_a_subprocess(tmp_path):
     assert run["metrics"]["mode_tv"] == run["report"]["trained"]["mode_tv"]
     (ref,) = data["references"]
     assert Path(ref["file"]).exists() and ref["stats"]["beta"] == 1.2
+
+
+def test_tree_search_toy_table(tmp_path):
+    """The search reaches the uniform toy's optimum in every search with widening (as the committed table says)."""
+    bench = load("tree_search_toy")
+    out = tmp_path / "toy"
+    rows = bench.main(["--scale", "0", "--iterations", "40", "--widening", "0.5", "--prompts", "5", "--out", str(out)])
+    assert len(rows) == 1 and rows[0]["found"] == 1.0 and rows[0]["p_optimum"] == pytest.approx(1 / 81)
+    assert 0 < rows[0]["plain_found_prob"] < 1 and rows[0]["plain_samples"] == int(rows[0]["nfe_per_search"] // 4)
+    md = out.with_suffix(".md").read_text()
+    assert "| 0 | 1.23e-02 | 40 × 4 | 0.5 |" in md and "100 % |" in md
+    assert json.loads(out.with_suffix(".json").read_text())[0]["found"] == 1.0

@@ -29,7 +29,9 @@ from dlm_trl.trainers.recipe_utils import (  # noqa: E402
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = {"diffu_grpo": "DiffuGRPOConfig", "gdpo": "GDPOConfig", "dmpo": "DMPOConfig", "spg": "SPGConfig"}
+RECIPES = {
+    "diffu_grpo": "DiffuGRPOConfig", "gdpo": "GDPOConfig", "dmpo": "DMPOConfig", "spg": "SPGConfig", "tr2d2": "TR2D2Config",
+}
 # Methods that are a configuration of another recipe's trainer (an estimator or loss option): config prefix → recipe.
 METHOD_RECIPES = {"espo": "gdpo", "bgpo": "gdpo", "justgrpo": "diffu_grpo"}
 CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*.yaml"))
@@ -119,7 +121,8 @@ def test_autocast_context_names():
 # Measured on 2 idle cores, 256 completions per step (README); a greedy evaluation takes ~0.1 s per prompt.
 # SPG: 0.51x GDPO's step in back-to-back 3-step runs on one thread (both with threshold-0.9 rollouts) x GDPO's
 # 18.5 s idle step with those rollouts (README "Fast rollouts in RL").
-SECONDS_PER_STEP = {"gdpo": 27.0, "diffu_grpo": 23.5, "dmpo": 38.0, "spg": 9.5}
+# TR2-D2: 1.88x DMPO's first step in two 2-step runs side by side (948 s vs 504 s on a busy machine) x DMPO's 38 s.
+SECONDS_PER_STEP = {"gdpo": 27.0, "diffu_grpo": 23.5, "dmpo": 38.0, "spg": 9.5, "tr2d2": 71.0}
 
 
 @pytest.mark.parametrize("algo", sorted(RECIPES))
@@ -129,7 +132,7 @@ def test_no_argument_budget_is_a_fixed_number_of_steps_of_about_30_minutes(algo)
     parser.set_defaults_with_config(**recipe.TINY_DEFAULTS)
     script_args, args, _ = parser.parse_args_and_config([])
     # the step budget binds, not the clock: the cap is a safety margin well above the planned time
-    assert args.max_steps == {"gdpo": 55, "diffu_grpo": 65, "dmpo": 40, "spg": 110}[algo]  # not chosen on test
+    assert args.max_steps == {"gdpo": 55, "diffu_grpo": 65, "dmpo": 40, "spg": 110, "tr2d2": 22}[algo]  # not on test
     assert script_args.val_samples == 200 and script_args.eval_every_steps == 5 and script_args.eval_samples == 400
     validations = args.max_steps // script_args.eval_every_steps + 1
     minutes = (args.max_steps * SECONDS_PER_STEP[algo] + 0.1 * validations * script_args.val_samples

@@ -5,6 +5,8 @@
 * :class:`DMPOTrainer` / :class:`DMPOConfig` — DMPO (arXiv 2510.08233), PDNS tempering optional.
 * :class:`SPGTrainer` / :class:`SPGConfig` — SPG (arXiv 2510.09541): ELBO for positive, EUBO / mixture for
   negative advantages, block-wise masks.
+* :class:`TR2D2Trainer` / :class:`TR2D2Config` — TR2-D2 (arXiv 2509.25171): Monte-Carlo tree search fills a
+  replay buffer per prompt; DMPO's WDCE on it (:mod:`dlm_trl.search`).
 
 All of them share one private base (``_base._DLMTrainerBase``) that swaps TRL's autoregressive
 generation for the diffusion sampler and TRL's causal log-probs for a likelihood-estimator
@@ -50,12 +52,14 @@ from .diffu_grpo import DiffuGRPOConfig, DiffuGRPOTrainer
 from .dmpo import DMPOConfig, DMPOTrainer
 from .gdpo import GDPOConfig, GDPOTrainer
 from .spg import SPGConfig, SPGTrainer
+from .tr2d2 import TR2D2Config, TR2D2Trainer
 
 TRAINERS = {
     "diffu_grpo": (DiffuGRPOTrainer, DiffuGRPOConfig),
     "gdpo": (GDPOTrainer, GDPOConfig),
     "dmpo": (DMPOTrainer, DMPOConfig),
     "spg": (SPGTrainer, SPGConfig),
+    "tr2d2": (TR2D2Trainer, TR2D2Config),
 }
 
 __all__ = [
@@ -68,6 +72,8 @@ __all__ = [
     "GDPOTrainer",
     "SPGConfig",
     "SPGTrainer",
+    "TR2D2Config",
+    "TR2D2Trainer",
     "TRAINERS",
     "derive_seeds",
     "mix_seed",

@@ -217,21 +217,26 @@ class DMPOTrainer(_DLMTrainerBase):
         logps = self._estimate_chunked(model, out, seeds, bs)  # [B, L]
         return (logps * out["completion_mask"]).sum(1)
 
+    def _log_ratio(self, out: dict) -> torch.Tensor:  # [B]
+        """``ℓ = log p_ref(y) − log p_v(y)`` of this process's rows: ELBOs of the policy that sampled and of the
+        reference on the same masks (0 without a reference)."""
+        B = out["completion_ids"].shape[0]
+        if self.args.reference != "initial":
+            return torch.zeros(B, device=self.accelerator.device)
+        seeds = derive_seeds(out["mask_seeds"][:, 0], LIKELIHOOD_STREAM)  # shared by p_v and p_ref
+        logp_v = self._sequence_elbo(self.model, out, seeds)
+        self.nfe_counts["old"] += self._last_estimate_nfe
+        with self._reference_policy() as ref:
+            logp_ref = self._sequence_elbo(ref, out, seeds)
+        self.nfe_counts["ref"] += self._last_estimate_nfe
+        return (logp_ref - logp_v).float()
+
     def _score_rollout(self, out: dict) -> None:
         super()._score_rollout(out)
         device = self.accelerator.device
         B = out["completion_ids"].shape[0]
         G = self.num_generations if self.model.training else self.num_generations_eval
-        if self.args.reference == "initial":
-            seeds = derive_seeds(out["mask_seeds"][:, 0], LIKELIHOOD_STREAM)  # shared by p_v and p_ref
-            logp_v = self._sequence_elbo(self.model, out, seeds)
-            self.nfe_counts["old"] += self._last_estimate_nfe
-            with self._reference_policy() as ref:
-                logp_ref = self._sequence_elbo(ref, out, seeds)
-            self.nfe_counts["ref"] += self._last_estimate_nfe
-            ell = (logp_ref - logp_v).float()  # [B]
-        else:
-            ell = torch.zeros(B, device=device)
+        ell = self._log_ratio(out)  # [B]
         ell_all = self.accelerator.gather(ell)  # [N] process order = TRL's global order
         reward_all = self.accelerator.gather(out["advantages"].float())  # R - mean_G(R)
         alpha, c_max = self.args.alpha, self.args.weight_temperature
