@@ -4,7 +4,8 @@ Two launches (``accelerate launch --config_file recipes/accelerate/cpu_deepspeed
 ``--zero_stage 2`` / ``--zero_stage 3``), each running, one after another in the same processes:
 
 * one optimizer step of GDPO, DMPO and DiffuGRPO (β > 0, so a reference policy is built — under
-  ZeRO-3 it is reloaded from the model's path and sharded as well);
+  ZeRO-3 it is reloaded from the model's path and sharded as well), and under ZeRO-3 of TR2-D2, whose tree
+  searches differ between the ranks yet must make the same model calls;
 * the two ranks get prompts of *different lengths* (two prompts, G = 2, one prompt per rank) and
   completions of different true lengths; under ZeRO-3 a rank doing one forward more than the
   other would hang the collective parameter gathers, so the launch finishing is itself the
@@ -63,7 +64,8 @@ SCRIPT = textwrap.dedent(
     from datasets import Dataset
     from test_trainers import text_reward
     from test_distributed_deepspeed import PROMPTS, COMMON
-    from dlm_trl.trainers import DiffuGRPOConfig, DiffuGRPOTrainer, DMPOConfig, DMPOTrainer, GDPOConfig, GDPOTrainer
+    from dlm_trl.trainers import (DiffuGRPOConfig, DiffuGRPOTrainer, DMPOConfig, DMPOTrainer, GDPOConfig, GDPOTrainer,
+                                  TR2D2Config, TR2D2Trainer)
 
     stage = int(os.environ["DLM_ZERO_STAGE"])
     out_dir = os.environ["DLM_TEST_OUT"]
@@ -146,6 +148,9 @@ SCRIPT = textwrap.dedent(
     run("gdpo", GDPOTrainer, GDPOConfig, {"estimator_kwargs": {"num_nodes": 2}})
     run("dmpo", DMPOTrainer, DMPOConfig, {"num_replicates": 2, "alpha": 1.0})
     run("diffu_grpo", DiffuGRPOTrainer, DiffuGRPOConfig, {"beta": 0.04})
+    if stage == 3:  # the tree search in lockstep: ranks whose trees differ still make the same model calls
+        run("tr2d2", TR2D2Trainer, TR2D2Config, {"num_replicates": 2, "alpha": 1.0, "temperature": 1.0,
+                                                 "search_children": 2, "search_iterations": 3})
     if stage == 2:
         from peft import LoraConfig
         run("diffu_grpo_lora", DiffuGRPOTrainer, DiffuGRPOConfig, {"beta": 0.04},
@@ -277,7 +282,10 @@ def _check_common(ranks):
         # Ranks sampled prompts of different widths, yet ran the same number of forwards of every kind.
         assert a["prompt_widths"] != b["prompt_widths"], (name, a["prompt_widths"], b["prompt_widths"])
         assert a["forwards"] == b["forwards"], (name, a["forwards"], b["forwards"])
-        assert a["forwards"]["sampler"] == 4  # diffusion_steps, one rollout
+        if name == "tr2d2":  # 3 search iterations of 2 children; the first expands the root (4 steps)
+            assert a["forwards"]["sampler"] > 4 and a["forwards"]["estimator"] == 0, a["forwards"]
+        else:
+            assert a["forwards"]["sampler"] == 4  # diffusion_steps, one rollout
         assert a["forwards"]["loss"] >= 1
 
 

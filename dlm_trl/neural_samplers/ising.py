@@ -368,6 +368,22 @@ def wolff_update(s: list[int], nbr: list[list[int]], p_add: float, rng: random.R
     return size
 
 
+def _wolff_chain(
+    s: list[int], update, burn_in: int, n_measure: int, thin: int, dtype
+) -> tuple[np.ndarray, int]:
+    """Run ``update()`` (one cluster move of ``s`` in place, returning the cluster size) ``burn_in`` times, then
+    record ``s`` every ``thin`` moves, ``n_measure`` times: ``([n_measure, n] records, total recorded cluster size)``."""
+    for _ in range(burn_in):
+        update()
+    rec = np.empty((n_measure, len(s)), dtype=dtype)
+    sizes = 0
+    for t in range(n_measure):
+        for _ in range(thin):
+            sizes += update()
+        rec[t] = s
+    return rec, sizes
+
+
 def wolff_ising(
     L: int,
     beta: float,
@@ -388,14 +404,7 @@ def wolff_ising(
     nbr = neighbours(L)
     p_add = 1.0 - math.exp(-2.0 * beta)
     s = [1 if rng.random() < 0.5 else -1 for _ in range(n)]
-    for _ in range(burn_in):
-        wolff_update(s, nbr, p_add, rng)
-    rec = np.empty((n_measure, n), dtype=np.int8)
-    sizes = 0
-    for t in range(n_measure):
-        for _ in range(thin):
-            sizes += wolff_update(s, nbr, p_add, rng)
-        rec[t] = s
+    rec, sizes = _wolff_chain(s, lambda: wolff_update(s, nbr, p_add, rng), burn_in, n_measure, thin, np.int8)
     spins = torch.from_numpy(rec.astype(np.int64)).reshape(-1, L, L)
     e, m, c, k = _per_config(spins)
 
@@ -485,14 +494,8 @@ def wolff_potts(
     nbr = neighbours(L)
     p_add = 1.0 - math.exp(-beta)
     s = [rng.randrange(q) for _ in range(n)]
-    for _ in range(burn_in):
-        wolff_update_potts(s, nbr, p_add, q, rng)
-    rec = np.empty((n_measure, n), dtype=np.int8 if q <= 127 else np.int64)
-    sizes = 0
-    for t in range(n_measure):
-        for _ in range(thin):
-            sizes += wolff_update_potts(s, nbr, p_add, q, rng)
-        rec[t] = s
+    dtype = np.int8 if q <= 127 else np.int64
+    rec, sizes = _wolff_chain(s, lambda: wolff_update_potts(s, nbr, p_add, q, rng), burn_in, n_measure, thin, dtype)
     states = torch.from_numpy(rec.astype(np.int64)).reshape(-1, L, L)
     e, m, c, n_max, share = _potts_per_config(states, q)
     return SpinStats(

@@ -67,6 +67,7 @@ re-exported, so imports from ``dlm_trl.trainers._base`` keep working.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -323,6 +324,31 @@ class _DLMTrainerBase(
             )
             for r in self._global_rows(B)
         ]
+        try:
+            with self._rollout_model() as unwrapped:
+                t0 = time.perf_counter()
+                out = generate(
+                    self.as_dlm(unwrapped), ids, config=self.sampler_config, prompt_attention_mask=attn,
+                    generator=gens, sync_ranks=self.accelerator.num_processes > 1,
+                )
+        except torch.OutOfMemoryError as err:
+            raise torch.OutOfMemoryError(
+                f"{OOM_HINT} (this rank sampled {B} rows of prompt width {ids.shape[1]} + gen_length "
+                f"{self.sampler_config.gen_length}, {self.sampler_config.steps} steps). Original error: {err}"
+            ) from err
+        self.seconds_counts["sampler"] += time.perf_counter() - t0
+        self.nfe_counts["sampler"] += int(out.row_nfe.sum()) if out.row_nfe is not None else out.nfe * B
+        self._log_rollout_metrics(out)
+        self._rollout = out
+        lengths = out.completion_mask.sum(1).tolist()
+        completion_ids = [row[: int(n)] for row, n in zip(out.completion_ids.cpu().tolist(), lengths, strict=True)]
+        return completion_ids, None
+
+    @contextlib.contextmanager
+    def _rollout_model(self):
+        """The policy to roll out with, for the duration of the block: gathered once under ZeRO-3 (TRL's
+        ``unwrap_model_for_generation``), whole under FSDP, in eval mode (restored after), without gradients,
+        under the accelerator's and the rollout's autocast."""
         with (
             profiling_context(self, "dlm_trl.generate"),
             unwrap_model_for_generation(
@@ -337,26 +363,10 @@ class _DLMTrainerBase(
             was_training = unwrapped.training
             unwrapped.eval()
             try:
-                t0 = time.perf_counter()
-                with self.accelerator.autocast(), self._rollout_autocast(device):
-                    out = generate(
-                        self.as_dlm(unwrapped), ids, config=self.sampler_config, prompt_attention_mask=attn,
-                        generator=gens, sync_ranks=self.accelerator.num_processes > 1,
-                    )
-            except torch.OutOfMemoryError as err:
-                raise torch.OutOfMemoryError(
-                    f"{OOM_HINT} (this rank sampled {B} rows of prompt width {ids.shape[1]} + gen_length "
-                    f"{self.sampler_config.gen_length}, {self.sampler_config.steps} steps). Original error: {err}"
-                ) from err
+                with self.accelerator.autocast(), self._rollout_autocast(self.accelerator.device):
+                    yield unwrapped
             finally:
                 unwrapped.train(was_training)
-        self.seconds_counts["sampler"] += time.perf_counter() - t0
-        self.nfe_counts["sampler"] += int(out.row_nfe.sum()) if out.row_nfe is not None else out.nfe * B
-        self._log_rollout_metrics(out)
-        self._rollout = out
-        lengths = out.completion_mask.sum(1).tolist()
-        completion_ids = [row[: int(n)] for row, n in zip(out.completion_ids.cpu().tolist(), lengths, strict=True)]
-        return completion_ids, None
 
     def _log_rollout_metrics(self, out) -> None:
         """Per-rollout sampler diagnostics: forwards per row, completion tokens committed per forward, and the

@@ -46,7 +46,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from trl.data_utils import is_conversational
-from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import pad
 
 from ..sampling import SamplerOutput
@@ -204,37 +203,18 @@ class TR2D2Trainer(DMPOTrainer):
             return self.search_rewards([row] * len(completions), trimmed)
 
         t0 = time.perf_counter()
-        with (
-            unwrap_model_for_generation(
-                self.model_wrapped, self.accelerator,
-                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
-                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
-            ) as unwrapped,
-            torch.no_grad(),
-            self._dist.summon_full_params(self.model_wrapped, recurse=False),
-        ):
-            was_training = unwrapped.training
-            unwrapped.eval()
-            try:
-                policy = self.as_dlm(unwrapped)
-                with self.accelerator.autocast(), self._rollout_autocast(device):
-                    if self.args.reference == "initial":
-                        with self._reference_policy() as ref:
-                            results = tree_search(
-                                policy, self.as_dlm(ref), ids, reward_fn, sampler_config=self.sampler_config,
-                                config=self._search_config(), mask_token_id=self.mask_token_id,
-                                prompt_attention_mask=attn, generators=gens, eos_token_id=self.eos_token_id,
-                                sync_ranks=self.accelerator.num_processes > 1,
-                            )
-                    else:
-                        results = tree_search(
-                            policy, None, ids, reward_fn, sampler_config=self.sampler_config,
-                            config=self._search_config(), mask_token_id=self.mask_token_id,
-                            prompt_attention_mask=attn, generators=gens, eos_token_id=self.eos_token_id,
-                            sync_ranks=self.accelerator.num_processes > 1,
-                        )
-            finally:
-                unwrapped.train(was_training)
+        search = {
+            "sampler_config": self.sampler_config, "config": self._search_config(), "mask_token_id": self.mask_token_id,
+            "prompt_attention_mask": attn, "generators": gens, "eos_token_id": self.eos_token_id,
+            "sync_ranks": self.accelerator.num_processes > 1,
+        }
+        with self._rollout_model() as unwrapped:
+            policy = self.as_dlm(unwrapped)
+            if self.args.reference == "initial":
+                with self._reference_policy() as ref:
+                    results = tree_search(policy, self.as_dlm(ref), ids, reward_fn, **search)
+            else:
+                results = tree_search(policy, None, ids, reward_fn, **search)
         self.seconds_counts["sampler"] += time.perf_counter() - t0
         # the group's rows: the buffer's best sequences of the row's prompt
         B, L = len(prompt_ids), self.sampler_config.gen_length
