@@ -205,6 +205,9 @@ def test_trainer_refuses_greedy_search_and_reward_models(tmp_path):
         _trainer(tmp_path, search_selection="best")
     with pytest.raises(ValueError, match="buffer_selection"):
         _trainer(tmp_path, buffer_selection="random")
+    with pytest.raises(ValueError, match="widening"):
+        _trainer(tmp_path, search_widening=2.0)
+    assert _trainer(tmp_path, search_widening=0.5)._search_config().widening == 0.5
 
 
 def test_reward_plugin_of_wrong_length_is_named(tmp_path):

@@ -79,6 +79,13 @@ class TR2D2Config(DMPOConfig):
     search_selection: str = field(
         default="uct", metadata={"help": f"Selection rule, one of {SELECTION_RULES} ('softmax': the paper's code)."}
     )
+    search_widening: float | None = field(
+        default=None,
+        metadata={
+            "help": "Progressive widening exponent α in (0, 1): an expanded node draws more children while it has "
+            "fewer than N^α (N its visits). None: each node is expanded once, as the paper's code."
+        },
+    )
     buffer_selection: str = field(
         default="top",
         metadata={
@@ -96,6 +103,7 @@ class TR2D2Config(DMPOConfig):
             num_children=self.search_children, iterations=self.search_iterations,
             nfe_budget=self.search_nfe_budget, exploration=self.search_exploration,
             selection=self.search_selection, temperature=self.temperature if self.temperature > 0 else 1.0,
+            widening=self.search_widening,
         )
         if self.temperature <= 0:
             raise self._unsupported(
@@ -135,6 +143,7 @@ class TR2D2Trainer(DMPOTrainer):
         return SearchConfig(
             num_children=a.search_children, iterations=a.search_iterations, nfe_budget=a.search_nfe_budget,
             exploration=a.search_exploration, selection=a.search_selection, temperature=float(a.temperature),
+            widening=a.search_widening,
         )
 
     def _generate_and_score_completions(self, inputs):
