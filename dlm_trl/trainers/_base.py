@@ -307,15 +307,7 @@ class _DLMTrainerBase(
         if images is not None or multimodal_fields:
             raise ValueError("the diffusion sampler takes text prompts only (no images / multimodal fields)")
         device = self.accelerator.device
-        tensors = [torch.tensor(ids) for ids in prompt_ids]
-        ids = pad(
-            tensors, padding_value=self._tokenizer.pad_token_id, padding_side="left",
-            pad_to_multiple_of=self.pad_to_multiple_of,
-        ).to(device)  # [B, P]
-        attn = pad(
-            [torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left",
-            pad_to_multiple_of=self.pad_to_multiple_of,
-        ).to(device)  # [B, P]
+        ids, attn = self._left_pad(prompt_ids)  # [B, P], [B, P]
         B = ids.shape[0]
         mode = 0 if self.model.training else 1
         gens = [
@@ -343,6 +335,14 @@ class _DLMTrainerBase(
         lengths = out.completion_mask.sum(1).tolist()
         completion_ids = [row[: int(n)] for row, n in zip(out.completion_ids.cpu().tolist(), lengths, strict=True)]
         return completion_ids, None
+
+    def _left_pad(self, prompt_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token-id lists → left-padded ``ids [B, P]`` and their attention mask ``[B, P]`` on this process's device."""
+        tensors = [torch.tensor(ids) for ids in prompt_ids]
+        kwargs = {"padding_side": "left", "pad_to_multiple_of": self.pad_to_multiple_of}
+        ids = pad(tensors, padding_value=self._tokenizer.pad_token_id, **kwargs)
+        attn = pad([torch.ones_like(t) for t in tensors], padding_value=0, **kwargs)
+        return ids.to(self.accelerator.device), attn.to(self.accelerator.device)
 
     @contextlib.contextmanager
     def _rollout_model(self):

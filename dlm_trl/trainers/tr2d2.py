@@ -46,7 +46,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from trl.data_utils import is_conversational
-from trl.trainer.utils import pad
 
 from ..sampling import SamplerOutput
 from ..search import BUFFER_SELECTIONS, SELECTION_RULES, SearchConfig, tree_search
@@ -193,11 +192,7 @@ class TR2D2Trainer(DMPOTrainer):
         for r, ids in enumerate(prompt_ids):
             groups.setdefault(tuple(ids), []).append(r)
         keys = list(groups)
-        tensors = [torch.tensor(k) for k in keys]
-        ids = pad(tensors, padding_value=self._tokenizer.pad_token_id, padding_side="left",
-                  pad_to_multiple_of=self.pad_to_multiple_of).to(device)  # [N, P]
-        attn = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left",
-                   pad_to_multiple_of=self.pad_to_multiple_of).to(device)  # [N, P]
+        ids, attn = self._left_pad([list(k) for k in keys])  # [N, P], one row per prompt
         mode = 0 if self.model.training else 1
         first_rows = [groups[k][0] for k in keys]
         global_rows = self._global_rows(len(prompt_ids))
