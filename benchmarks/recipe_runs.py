@@ -29,20 +29,23 @@ Writes ``<docs>.md`` with two tables, one row per recipe:
   gain (after − before of the same seed, points) per seed for final and for best, their mean ± sd and a
   95 % t-interval over seeds (n stated; n/a with one seed); the best step (and its validation accuracy)
   per seed;
-* budget: steps done / max_steps per seed and whether the time cap bound; seconds per optimizer step
+* budget: steps done / max_steps per seed and whether the time cap bound; row-forwards (NFE) per run;
+  seconds per optimizer step
   (training only: the evaluations inside ``train_runtime`` are taken out); where ``train_runtime`` went
   (sampler / no-grad likelihoods / rewards etc. / evaluations / policy forward+backward+optimizer);
   wall-clock and peak RSS (max over seeds);
 
 ``<docs>.json`` (every run) and ``<docs>.png`` (left: validation accuracy vs optimizer step of every run,
-one colour per recipe, one line style per seed, best step starred; right: test accuracy before / final /
-best per run). Old-style reports (``heldout_before`` / ``heldout_after`` only) still tabulate: what they
+one colour per recipe, one line style per seed, best step starred; middle: test accuracy before / final /
+best per run; right: the mean training reward per step (running mean of 5) against the row-forwards spent, and for TR2-D2 also
+the mean best reward in its buffers). Old-style reports (``heldout_before`` / ``heldout_after`` only) still tabulate: what they
 lack is shown as "–".
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import os
@@ -95,8 +98,30 @@ def run_one(algo: str, seed: int, out: Path, launcher: list[str], extra: list[st
 
 def _load(d: Path) -> tuple[dict, dict]:
     report = json.loads((d / "report.json").read_text())
+    _search_curve_from_log(d, report)
     meta = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {}
     return report, meta
+
+
+def _search_curve_from_log(d: Path, report: dict) -> None:
+    """Reports written before the reward curve recorded the ``search/*`` metrics: take them from the logged
+    metric dicts in ``run.log`` (one per optimizer step, in step order), when their count matches."""
+    curve, log = report.get("reward_curve") or [], d / "run.log"
+    if not curve or any(k.startswith("search/") for k in curve[0]) or not log.exists():
+        return
+    found = []
+    for line in log.read_text(errors="replace").splitlines():
+        i = line.find("{'")
+        if i >= 0 and "'search/" in line:
+            try:
+                logs = ast.literal_eval(line[i:line.rindex("}") + 1])
+            except (ValueError, SyntaxError):
+                continue
+            if "reward" in logs:
+                found.append({k: float(v) for k, v in logs.items() if k.startswith("search/")})
+    if len(found) == len(curve):
+        for point, extra in zip(curve, found, strict=True):
+            point.update(extra)
 
 
 def collect(out_dir: Path, recipes: list[str], seeds: list[int], layout: str = "auto") -> list[dict]:
@@ -240,8 +265,10 @@ def budget_row(algo: str, rs: list[dict]) -> str:
         share = " / ".join(f"{100 * p / total_b:.0f}" for p in [*parts, total_b - sum(parts)]) + " %"
     walls = [r["wall_seconds"] for r in rs if "wall_seconds" in r]
     rss = [r["peak_rss_mb"] for r in rs if "peak_rss_mb" in r]
+    nfes = [sum(rep["nfe"].values()) for rep in reps if rep.get("nfe")]
+    nfe = f"{statistics.mean(nfes) / 1e3:.0f} k" if nfes else DASH
     return (
-        f"| {NAMES[algo]} | {', '.join(steps)} | {cap} | {per_step} | {share} | "
+        f"| {NAMES[algo]} | {', '.join(steps)} | {cap} | {nfe} | {per_step} | {share} | "
         f"{f'{max(walls) / 60:.1f} min' if walls else DASH} | {f'{max(rss) / 1024:.1f} GB' if rss else DASH} |"
     )
 
@@ -253,10 +280,10 @@ ACCURACY_HEADER = (
     "|---|---|---|---|---|---|---|---|---|---|"
 )
 BUDGET_HEADER = (
-    "| recipe | steps / max_steps per seed | time cap bound | s / step (training) "
+    "| recipe | steps / max_steps per seed | time cap bound | row-forwards per run (NFE, mean) | s / step (training) "
     "| train_runtime: sampler / no-grad likelihoods / rewards etc. / evaluations / policy fwd+bwd+optimizer "
     "| wall-clock (max) | peak RSS (max) |\n"
-    "|---|---|---|---|---|---|---|"
+    "|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -285,7 +312,9 @@ def summarize(runs: list[dict], docs: Path, conditions: str = "alone on the mach
         "(n = the number of runs; the interval needs n ≥ 2). Each run: `accelerate launch recipes/<recipe>_llada.py "
         f"--seed S --output_dir …`, {conditions}. s / step is `train_runtime` less the evaluations inside it "
         "(test before, validation), per optimizer step; the shares come from the trainers' `time/*` metrics and the "
-        "protocol's evaluation timings, the last one is the rest of `train_runtime`. Accuracy moves in steps of "
+        "protocol's evaluation timings, the last one is the rest of `train_runtime`. Row-forwards: every model "
+        "forward of one sequence during training (sampler or search, no-grad likelihoods, policy), the trainers' "
+        "`nfe_counts`; evaluations excluded. Accuracy moves in steps of "
         "100/prompts points." + (" Seed \"0?\": not recorded with the run, assumed 0." if unknown else "") +
         " Raw runs: " + docs.with_suffix(".json").name + "."
     )
@@ -295,6 +324,13 @@ def summarize(runs: list[dict], docs: Path, conditions: str = "alone on the mach
     docs.with_suffix(".json").write_text(json.dumps(runs, indent=1))
     _plot(runs, docs.with_suffix(".png"))
     return table
+
+
+SMOOTH = 5  # steps in the running mean of the plotted training rewards
+
+
+def _running_mean(ys: list[float], k: int = SMOOTH) -> list[float]:
+    return [statistics.mean(ys[max(0, i + 1 - k):i + 1]) for i in range(len(ys))]
 
 
 def _plot(runs: list[dict], path: Path) -> None:
@@ -310,7 +346,7 @@ def _plot(runs: list[dict], path: Path) -> None:
     seeds = sorted({r["seed"] for r in runs})
     styles = ["-", "--", ":", "-."]
     style = {s: styles[i % len(styles)] for i, s in enumerate(seeds)}
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1.4, 1]})
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(19, 4.5), gridspec_kw={"width_ratios": [1.4, 1, 1.4]})
 
     # left: validation learning curves
     curves = [r for r in runs if r["report"].get("validation_curve")]
@@ -337,7 +373,7 @@ def _plot(runs: list[dict], path: Path) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
 
-    # right: test accuracy before / final / best per run
+    # middle: test accuracy before / final / best per run
     labels, xs = [], []
     for i, r in enumerate(runs):  # a gap between recipes
         x = i + 0.6 * algos.index(r["algo"])
@@ -364,6 +400,24 @@ def _plot(runs: list[dict], path: Path) -> None:
     bx.set_title(f"test accuracy (n={n}, greedy) per run", fontsize=10)
     bx.set_ylabel("accuracy (%)")
     bx.grid(alpha=0.3, axis="y")
+
+    # right: the training reward against the row-forwards spent (TR2-D2: also the best reward in its buffers)
+    searched = False
+    for r in runs:
+        pts = [p for p in r["report"].get("reward_curve") or [] if not math.isnan(p.get("nfe_total", math.nan))]
+        if not pts:
+            continue
+        x = [p["nfe_total"] / 1e3 for p in pts]
+        cx.plot(x, _running_mean([p["reward"] for p in pts]), ls=style[r["seed"]], color=colour[r["algo"]], lw=1.2)
+        if "search/buffer_best_reward" in pts[0]:
+            searched = True
+            cx.plot(x, _running_mean([p["search/buffer_best_reward"] for p in pts]), ls=style[r["seed"]],
+                    color=colour[r["algo"]], lw=2.5, alpha=0.45)
+    cx.set_title(f"mean training reward, running mean of {SMOOTH} steps"
+                 + ("\n(thick: TR2-D2's best reward in the buffer, mean over prompts)" if searched else ""), fontsize=10)
+    cx.set_xlabel("row-forwards spent in training (thousands)")
+    cx.set_ylabel("reward")
+    cx.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -32,6 +32,7 @@ out.mkdir(parents=True, exist_ok=True)
     "title": f"{algo} · tiny · countdown", "steps": steps, "max_steps": 10, "time_cap_hit": capped,
     "train_minutes_cap": 60.0, "train_seconds": 100.0,
     "seconds": {"sampler": 60.0, "nograd_likelihoods": 10.0, "rollout_other": 5.0},
+    "nfe": {"sampler": 1000 * (seed + 1), "policy": 500},
     "before": before, "test_final": test_final, "test_best": test(best),
     "best_step": best_step, "best_validation_accuracy": best_val,
     "validation_curve": [{"step": s, "accuracy": a, "mean_reward": a, "num_samples": 200, "seconds": 2.0} for s, a in val],
@@ -64,10 +65,10 @@ def test_recipe_runs_runs_every_recipe_and_seed_and_tabulates(tmp_path, capsys):
             "5 (33.0), 10 (34.0) |") in table
     assert "| GDPO | 0,1 | 35.0 ± 0.0 | **38.5 ± 0.7** | **38.0 ± 1.4** |" in table
     assert "| DMPO | 0,1 | 35.0 ± 0.0 | **36.5 ± 0.7** | **36.0 ± 1.4** |" in table and "| 5 (33.0), 8 (34.0) |" in table
-    # budget: steps / max_steps, the time cap, s / step without the evaluations inside train_runtime
-    # ((100 - 4 - 3 × 2) / 10), shares with the evaluations (4 + 3 × 2 of 100 s)
-    assert "| diffu-GRPO | 10/10, 10/10 | no | 9.0 | 60 / 10 / 5 / 10 / 15 % |" in table
-    assert "| DMPO | 10/10, 8/10 | yes: s1 | 10.0 | 60 / 10 / 5 / 10 / 15 % |" in table
+    # budget: steps / max_steps, the time cap, row-forwards (mean of 1,500 and 2,500), s / step without the
+    # evaluations inside train_runtime ((100 - 4 - 3 × 2) / 10), shares with the evaluations (4 + 3 × 2 of 100 s)
+    assert "| diffu-GRPO | 10/10, 10/10 | no | 2 k | 9.0 | 60 / 10 / 5 / 10 / 15 % |" in table
+    assert "| DMPO | 10/10, 8/10 | yes: s1 | 2 k | 10.0 | 60 / 10 / 5 / 10 / 15 % |" in table
     assert "400 countdown test prompts" in table and "Validation: 200 prompts" in table and "every 5 optimizer steps" in table
     runs = json.loads(docs.with_suffix(".json").read_text())
     assert len(runs) == 6 and all(r["returncode"] == 0 and r["peak_rss_mb"] > 0 for r in runs)
@@ -130,9 +131,9 @@ def test_recipe_runs_tabulates_old_style_reports_and_unsuffixed_folders(tmp_path
     table = docs.with_suffix(".md").read_text()
     assert ("| GDPO | 0,1 | 35.0 ± 0.0 | **38.5 ± 0.7** | – | +3.00, +4.00 | – | "
             "+3.50 ± 0.71 (n=2; 95 % CI [-2.85, +9.85]) | – | – |") in table  # the flat gdpo (seed 0 again) skipped
-    assert "| GDPO | 7/–, 7/– | – | 14.3 | 60 / 10 / 5 / 0 / 25 % | 10.0 min | 2.0 GB |" in table
+    assert "| GDPO | 7/–, 7/– | – | – | 14.3 | 60 / 10 / 5 / 0 / 25 % | 10.0 min | 2.0 GB |" in table
     assert "| DMPO | 0? | 35.0 | **37.0** | – | +2.00 | – | +2.00 (n=1; sd, 95 % CI n/a) | – | – |" in table
-    assert "| DMPO | 7/– | – | 14.3 | 60 / 10 / 5 / 0 / 25 % | – | – |" in table
+    assert "| DMPO | 7/– | – | – | 14.3 | 60 / 10 / 5 / 0 / 25 % | – | – |" in table
     assert "| diffu-GRPO | 2 | 35.0 | **36.0** |" in table  # seed from run.json, whatever --seeds says
     assert "assumed 0" in table and "No run has a validation curve" in table
     assert docs.with_suffix(".png").stat().st_size > 1000
@@ -144,6 +145,26 @@ def test_recipe_runs_tabulates_old_style_reports_and_unsuffixed_folders(tmp_path
     table = docs.with_suffix(".md").read_text()
     assert "| GDPO | 0? | 35.0 | **50.0** |" in table and "| DMPO | 0? |" in table
     assert len(json.loads(docs.with_suffix(".json").read_text())) == 3
+
+
+def test_recipe_runs_reads_search_metrics_from_the_log_of_older_reports(tmp_path):
+    """A TR2-D2 report written before the reward curve kept ``search/*``: they come from run.log's metric dicts,
+    one per logged step, and only when the counts match."""
+    recipe_runs = load("recipe_runs")
+    d = tmp_path / "tr2d2_s0"
+    curve = [{"step": s, "seconds": 10.0 * s, "reward": 0.3, "nfe_total": 1000.0 * s} for s in (1, 2)]
+    _write_run(d, {**OLD_STYLE, "reward_curve": curve})
+    log = ["noise {'not': 'a metric'}",
+           "{'loss': 0.1, 'reward': 0.3, 'search/buffer_best_reward': 0.5, 'search/nfe_per_prompt': 744.0}",
+           "  3%|▎ | 1/13 [00:10<02:00]{'loss': 0.2, 'reward': 0.4, 'search/buffer_best_reward': 0.75}",
+           "{'train_runtime': 20.0, 'search/buffer_best_reward': 1.0}"]  # no reward: not a step
+    (d / "run.log").write_text("\n".join(log))
+    report, _ = recipe_runs._load(d)
+    assert [p.get("search/buffer_best_reward") for p in report["reward_curve"]] == [0.5, 0.75]
+    assert report["reward_curve"][0]["search/nfe_per_prompt"] == 744.0
+    (d / "run.log").write_text("\n".join(log[:2]))  # one dict for two steps: left alone
+    report, _ = recipe_runs._load(d)
+    assert not any(k.startswith("search/") for p in report["reward_curve"] for k in p)
 
 
 def test_recipe_runs_t_interval():

@@ -217,3 +217,28 @@ def test_reward_plugin_of_wrong_length_is_named(tmp_path):
     trainer = _trainer(tmp_path, reward=short)
     with pytest.raises(ValueError, match="short.*returned 1 rewards"):
         trainer.train()
+
+
+def test_trl_reuses_the_search_rewards_and_logs_what_it_would_compute(tmp_path):
+    """The rows' rewards come from the search (the reward function is not called again by TRL, whose calls carry
+    ``log_metric``), and training is identical to recomputing them."""
+    from test_trainers import text_reward  # noqa: PLC0415
+
+    calls = {"trl": 0, "search": 0}
+
+    def counted(prompts, completions, **kw):
+        calls["trl" if "log_metric" in kw else "search"] += len(completions)
+        return text_reward(prompts, completions, **kw)
+
+    trainer = _trainer(tmp_path / "a", reward=counted, max_steps=1)
+    trainer.train()
+    assert calls["trl"] == 0 and calls["search"] > 0
+    assert trainer.reward_cache_hits == trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
+    cached = [e for e in trainer.state.log_history if "reward" in e]
+
+    recomputed = _trainer(tmp_path / "b", reward=counted, max_steps=1)
+    recomputed._rewards_from_cache = lambda inputs, ids: None
+    recomputed.train()
+    assert calls["trl"] > 0 and recomputed.reward_cache_hits == 0
+    fresh = [e for e in recomputed.state.log_history if "reward" in e]
+    assert [(e["reward"], e["loss"]) for e in cached] == [(e["reward"], e["loss"]) for e in fresh]

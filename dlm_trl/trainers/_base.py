@@ -558,10 +558,20 @@ class _DLMTrainerBase(
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         """TRL's rewards ``[N, F]`` (gathered over processes), checked for infinities (``args.nonfinite``,
         :meth:`~dlm_trl.trainers.durability._DurabilityMixin._check_rewards`)."""
-        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        local = self._rewards_from_cache(inputs, completion_ids_list)
+        if local is None:
+            rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        else:  # the same gather as TRL's, so every process still takes part in it
+            rewards = self.accelerator.gather(local.to(self.accelerator.device, torch.float32))
         rewards = self._check_rewards(rewards)
         self._last_rewards = rewards  # [N, F], all processes (see _zero_flat_group_advantages)
         return rewards
+
+    def _rewards_from_cache(self, inputs, completion_ids_list) -> torch.Tensor | None:
+        """This process's rewards ``[n, F]`` (one column per reward function, NaN where it returned None) when the
+        rollout already computed them for exactly these completions, else ``None`` (TRL computes them). The tree
+        search of :class:`~dlm_trl.trainers.tr2d2.TR2D2Trainer` fills it."""
+        return None
 
     def create_optimizer(self, *args, **kwargs):
         """TRL's optimizer, whose ``step`` is not taken while a non-finite loss is being skipped

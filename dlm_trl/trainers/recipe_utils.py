@@ -459,7 +459,8 @@ class RecipeProtocol(TrainerCallback):
 
 
 class RewardCurveCallback(TrainerCallback):
-    """Records ``(step, seconds since train start, mean reward, cumulative NFE)`` at every log."""
+    """Records ``(step, seconds since train start, mean reward, cumulative NFE)`` at every log, plus the search
+    metrics (``search/buffer_best_reward``, ``search/buffer_mean_reward``, ...) of trainers that log them."""
 
     def __init__(self):
         self.points: list[dict[str, float]] = []
@@ -476,6 +477,7 @@ class RewardCurveCallback(TrainerCallback):
                     "seconds": round(time.time() - (self._t0 or time.time()), 2),
                     "reward": float(logs["reward"]),
                     "nfe_total": float(logs.get("nfe/total", float("nan"))),
+                    **{k: float(v) for k, v in logs.items() if k.startswith("search/")},
                 }
             )
 

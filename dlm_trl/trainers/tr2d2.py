@@ -136,6 +136,9 @@ class TR2D2Trainer(DMPOTrainer):
                 )
         self._search_inputs: list[dict] | None = None
         self._search_rows: dict | None = None
+        self._search_row_rewards: list | None = None
+        #: rows whose rewards TRL took from the search instead of calling the reward functions again
+        self.reward_cache_hits = 0
 
     def _search_config(self) -> SearchConfig:
         a = self.args
@@ -155,6 +158,13 @@ class TR2D2Trainer(DMPOTrainer):
     def search_rewards(self, inputs: list[dict], completion_ids: list[list[int]]) -> list[float]:
         """The weighted sum of the reward functions for completions of the dataset rows ``inputs`` (one each),
         computed on this process only (TRL's ``_calculate_rewards`` gathers across processes)."""
+        per_func = self.search_rewards_per_func(inputs, completion_ids)
+        weights = self.reward_weights.detach().cpu().double()
+        return (torch.nan_to_num(per_func, nan=0.0) * weights).sum(1).tolist()
+
+    def search_rewards_per_func(self, inputs: list[dict], completion_ids: list[list[int]]) -> torch.Tensor:
+        """``[n, F]`` float64: each reward function's value (NaN where it returned None) for completions of the
+        dataset rows ``inputs``, called as TRL calls it (decoded text, the rows' columns, ``trainer_state``)."""
         prompts = [x["prompt"] for x in inputs]
         texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
         if is_conversational({"prompt": prompts[0]}):
@@ -163,8 +173,7 @@ class TR2D2Trainer(DMPOTrainer):
             completions = texts
         keys = [k for k in inputs[0] if k not in ("prompt", "completion", "completion_ids")]
         kwargs = {k: [x[k] for x in inputs] for k in keys}
-        total = torch.zeros(len(inputs), dtype=torch.float64)
-        weights = self.reward_weights.detach().cpu().double()
+        per_func = torch.zeros(len(inputs), len(self.reward_funcs), dtype=torch.float64)
         for i, (func, name) in enumerate(zip(self.reward_funcs, self.reward_func_names, strict=True)):
             out = func(prompts=prompts, completions=completions, completion_ids=completion_ids,
                        trainer_state=self.state, **kwargs)
@@ -174,8 +183,8 @@ class TR2D2Trainer(DMPOTrainer):
                     f"reward function {name!r} returned {len(out)} rewards for {len(inputs)} completions during the "
                     "tree search; it must return one reward per completion"
                 )
-            total += weights[i] * torch.nan_to_num(torch.tensor(out, dtype=torch.float64), nan=0.0)
-        return total.tolist()
+            per_func[:, i] = torch.tensor(out, dtype=torch.float64)
+        return per_func
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         if images is not None or multimodal_fields:
@@ -201,10 +210,16 @@ class TR2D2Trainer(DMPOTrainer):
             for r in first_rows
         ]
 
+        scored: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}  # (prompt, completion) -> [F]
+
         def reward_fn(p: int, completions: list[torch.Tensor]) -> list[float]:
             row = inputs[first_rows[p]]
             trimmed = [self._trim(c) for c in completions]
-            return self.search_rewards([row] * len(completions), trimmed)
+            per_func = self.search_rewards_per_func([row] * len(completions), trimmed)
+            for ids, values in zip(trimmed, per_func, strict=True):
+                scored[(p, tuple(ids))] = values
+            weights = self.reward_weights.detach().cpu().double()
+            return (torch.nan_to_num(per_func, nan=0.0) * weights).sum(1).tolist()
 
         t0 = time.perf_counter()
         search = {
@@ -243,6 +258,12 @@ class TR2D2Trainer(DMPOTrainer):
         self.nfe_counts["sampler"] += policy_nfe
         self.nfe_counts["ref"] += nfe - policy_nfe
         self._search_rows = {"log_ratio": log_ratio, "multiplicity": multiplicity}
+        # the rows' rewards as the search computed them, for _calculate_rewards (no second call per row)
+        self._search_row_rewards = [None] * B
+        for p, key in enumerate(keys):
+            for r in groups[key]:
+                ids = self._trim(completion[r].cpu())
+                self._search_row_rewards[r] = (ids, scored.get((p, tuple(ids))))
         metrics = self._metrics["train" if self.model.training else "eval"]
         metrics["search/nfe_per_prompt"].append(nfe / len(results))
         metrics["search/iterations"].append(sum(r.iterations for r in results) / len(results))
@@ -259,6 +280,17 @@ class TR2D2Trainer(DMPOTrainer):
         )
         lengths = completion_mask.sum(1).tolist()
         return [row[: int(n)] for row, n in zip(completion.cpu().tolist(), lengths, strict=True)], None
+
+    def _rewards_from_cache(self, inputs, completion_ids_list) -> torch.Tensor | None:
+        """The search's own rewards of this rollout's rows, when TRL asks for exactly those completions (the reward
+        functions are not called a second time); ``None`` (TRL recomputes) otherwise."""
+        cached, self._search_row_rewards = self._search_row_rewards, None
+        if cached is None or len(cached) != len(completion_ids_list):
+            return None
+        if any(v is None or list(ids) != list(c) for (ids, v), c in zip(cached, completion_ids_list, strict=True)):
+            return None
+        self.reward_cache_hits += len(cached)
+        return torch.stack([v for _, v in cached])
 
     def _trim(self, completion: torch.Tensor) -> list[int]:
         """A completion's token list up to and including its first EOS (what TRL passes to rewards)."""
