@@ -220,7 +220,7 @@ def sequence_clipped_loss(
     ``ratio_form``:
 
     * ``"exp"`` (default): the clipped ratio above (GDPO, ESPO);
-    * ``"bgpo_linear"`` (BGPO, arXiv 2510.11683; derived here from the two properties its abstract states — linear in the draws, equal value and gradient on-policy — and not checked against the paper's text): the objective ``A·exp(x)`` with ``x`` the
+    * ``"bgpo_linear"`` (BGPO, arXiv 2510.11683 v3, Eqs. 9 and 12; the paper's exponent is the unnormalised ΔB̂, here it is divided by ``n``): the objective ``A·exp(x)`` with ``x`` the
       length-normalised log-ratio is replaced by a lower bound that is *linear* in the Monte
       Carlo draws — for ``A ≥ 0`` the tangent ``A·(1 + x̄)`` (``e^x ≥ 1 + x``), for ``A < 0``
       ``A·mean_d exp(x_d)`` (Jensen, ``exp(mean_d x_d) ≤ mean_d exp(x_d)``), where

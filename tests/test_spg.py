@@ -416,3 +416,14 @@ def test_estimator_arguments_are_checked_and_trainer_needs_bounds(tokenizer, dat
             load_estimator("eubo", **kwargs)
     with pytest.raises(TypeError, match="bounds"):
         make_spg(tokenizer, dataset, tmp_path, estimator="sdmc_elbo")
+
+
+def test_eubo_warns_when_beta_is_below_the_theorems_range():
+    """SPG's upper-bound theorem needs β ≥ 1 (arXiv 2510.09541): a smaller β is allowed, with a warning."""
+    import warnings
+
+    with pytest.warns(UserWarning, match="beta >= 1"):
+        load_estimator("eubo", beta=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_estimator("eubo", beta=1.0)

@@ -52,9 +52,11 @@ batch of rows here is the same sum, chunked by ``batch_size``), passes no attent
 passed as by the other estimators), divides the logits by the sampling temperature (default
 1; here raw logits, as every estimator of this package), and scores every position of
 ``gen_length`` including the EOS padding (here padding contributes 0 by contract). The
-released code has no fast variant; the entropy definition above is an assumption taken from
-2506.01939, the paper's own description of its fast variant was not available when this was
-written, and the default is the exact estimator (``score_fraction=1.0``).
+released code has no fast variant. The paper's (§5.3, Fig. 9: "JustGRPO-Fast") scores the top
+25 % highest-entropy positions, the entropy recorded during the left-to-right rollout at
+temperature 1, with no reweighting: ``select="entropy", score_fraction=0.25`` here. It does not
+say whether the 25 % is per sequence or per batch; the per-row ranking here is an assumption.
+The default is the exact estimator (``score_fraction=1.0``).
 
 NFE per sequence: ``L`` (exact); ``k = ceil(score_fraction · L)`` for ``"random"``; for
 ``"entropy"`` ``k`` per estimate once the selection is memoised, plus a one-off no-grad

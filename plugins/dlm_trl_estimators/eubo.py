@@ -41,8 +41,9 @@ by taking the log inside the sum over tokens; it does not decompose into per-tok
   last may be shorter). A draw picks one block ``j`` among the ``J`` blocks holding a maskable
   position, keeps every earlier block clean, masks every later block fully, and masks a uniformly
   random count ``l ~ U{1..n_j}`` of block ``j``'s ``n_j`` maskable positions, chosen uniformly. The K
-  draws of a row take distinct blocks (a random permutation of the ``J`` blocks, cycled when K > J),
-  as the reference code does. ``C_i`` is then the context of token ``i`` under semi-autoregressive
+  draws of a row take distinct blocks (a random permutation of the ``J`` blocks, cycled when K > J).
+  The reference code permutes all of the sampler's blocks and takes them modulo ``J``, which can repeat
+  a block and is not uniform when ``J`` does not divide the block count; dlm-trl's choice is uniform. ``C_i`` is then the context of token ``i`` under semi-autoregressive
   generation (blocks left to right, a uniformly random order inside a block).
 * ``"random"`` (the reference code's ``forward_type="random"``): count form over the whole completion,
   ``l ~ U{1..n}``, ``l`` maskable positions uniformly; ``C_i`` is the context under a uniformly
@@ -85,6 +86,7 @@ share masks.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -164,6 +166,12 @@ class EUBO:
     ):
         if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
             raise ValueError(f"beta (the EUBO's Rényi exponent) must be a finite number > 0, e.g. 1.5; got {beta!r}")
+        if beta < 1:
+            warnings.warn(
+                f"eubo: beta={beta!r} < 1. SPG's upper-bound theorem (arXiv 2510.09541, Thm. 1 / Cor. 1) holds for "
+                "beta >= 1; below 1 the estimate need not bound log p(x) from above. The paper uses 1.0-2.0.",
+                stacklevel=2,
+            )
         if masking not in MASKINGS:
             raise ValueError(f"masking must be one of {MASKINGS} ('block': SPG's block-wise masking), got {masking!r}")
         if not isinstance(block_length, int) or block_length < 1:
