@@ -43,8 +43,9 @@ by taking the log inside the sum over tokens; it does not decompose into per-tok
   random count ``l ~ U{1..n_j}`` of block ``j``'s ``n_j`` maskable positions, chosen uniformly. The K
   draws of a row take distinct blocks (a random permutation of the ``J`` blocks, cycled when K > J).
   The reference code permutes all of the sampler's blocks and takes them modulo ``J``, which can repeat
-  a block and is not uniform when ``J`` does not divide the block count; dlm-trl's choice is uniform. ``C_i`` is then the context of token ``i`` under semi-autoregressive
-  generation (blocks left to right, a uniformly random order inside a block).
+  a block and is not uniform when ``J`` does not divide the block count; dlm-trl's choice is uniform.
+  ``C_i`` is then the context of token ``i`` under semi-autoregressive generation (blocks left to
+  right, a uniformly random order inside a block).
 * ``"random"`` (the reference code's ``forward_type="random"``): count form over the whole completion,
   ``l ~ U{1..n}``, ``l`` maskable positions uniformly; ``C_i`` is the context under a uniformly
   random unmasking order (the usual masked-diffusion ELBO, = ``exact_elbo``).
