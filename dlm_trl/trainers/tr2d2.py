@@ -158,7 +158,10 @@ class TR2D2Trainer(DMPOTrainer):
     def search_rewards(self, inputs: list[dict], completion_ids: list[list[int]]) -> list[float]:
         """The weighted sum of the reward functions for completions of the dataset rows ``inputs`` (one each),
         computed on this process only (TRL's ``_calculate_rewards`` gathers across processes)."""
-        per_func = self.search_rewards_per_func(inputs, completion_ids)
+        return self._weighted_total(self.search_rewards_per_func(inputs, completion_ids))
+
+    def _weighted_total(self, per_func: torch.Tensor) -> list[float]:
+        """Each row's reward-weighted sum of ``[n, F]`` per-function rewards, None / NaN counted as 0."""
         weights = self.reward_weights.detach().cpu().double()
         return (torch.nan_to_num(per_func, nan=0.0) * weights).sum(1).tolist()
 
@@ -218,8 +221,7 @@ class TR2D2Trainer(DMPOTrainer):
             per_func = self.search_rewards_per_func([row] * len(completions), trimmed)
             for ids, values in zip(trimmed, per_func, strict=True):
                 scored[(p, tuple(ids))] = values
-            weights = self.reward_weights.detach().cpu().double()
-            return (torch.nan_to_num(per_func, nan=0.0) * weights).sum(1).tolist()
+            return self._weighted_total(per_func)
 
         t0 = time.perf_counter()
         search = {
