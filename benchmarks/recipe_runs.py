@@ -56,7 +56,30 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = {"diffu_grpo": "diffu-GRPO", "gdpo": "GDPO", "dmpo": "DMPO", "spg": "SPG", "tr2d2": "TR2-D2"}
+NAMES = {"diffu_grpo": "diffu-GRPO", "gdpo": "GDPO", "dmpo": "DMPO", "spg": "SPG", "tr2d2": "TR2-D2",
+         "justgrpo": "JustGRPO-Fast", "espo": "ESPO"}
+# Methods that are a recipe plus flags (docs/objectives.md "run it as"): name -> (recipe, its arguments). The
+# recipe's tiny defaults (batch, learning rate, protocol) stay; only the method's own fields change. Arguments
+# given to this script after its own options come later on the command line, so they override these.
+VARIANTS = {
+    # JustGRPO (arXiv 2601.15165) in miniature: left-to-right rollouts (one token per step, as its code), the
+    # exact AR-order likelihood scored at the top-25 %-entropy positions (JustGRPO-Fast, §5.3), plain GRPO with
+    # no KL (Table 3: beta 0, one update per rollout). Evaluation keeps every recipe's protocol (block 16, 24
+    # steps), not the training rollout's block 1. Step budget sized to the recipes' ~30 minutes (recipe
+    # comment in docs/objectives.md).
+    "justgrpo": ("diffu_grpo", [
+        "--estimator", "ar_order_exact", "--estimator_kwargs", '{"score_fraction": 0.25, "select": "entropy"}',
+        "--beta", "0", "--block_length", "1", "--diffusion_steps", "48", "--eval_block_length", "16",
+        "--max_steps", "15",
+    ]),
+    # ESPO (arXiv 2512.03759): GDPO's sequence ratio exp(dE/L) with L padded, 2 antithetic (coupled) pairs of
+    # stratified mask counts (4 forwards), k2 KL on the sequence ELBO with ESPO's beta 3e-3.
+    "espo": ("gdpo", [
+        "--estimator", "stratified_elbo",
+        "--estimator_kwargs", '{"num_samples": 4, "antithetic": true, "length": "padded"}',
+        "--length_normalization", "padded", "--kl_estimator", "sequence_k2", "--beta", "3e-3",
+    ]),
+}
 # report.json "seconds" buckets, in table order; evaluations inside train_runtime (test before, validation)
 # come from the protocol's own timings; the remainder of train_seconds is the policy pass (forward +
 # backward) and the optimizer step.
@@ -79,7 +102,9 @@ def t975(df: int) -> float:
 
 def run_one(algo: str, seed: int, out: Path, launcher: list[str], extra: list[str]) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [*launcher, str(ROOT / "recipes" / f"{algo}_llada.py"), "--seed", str(seed), "--output_dir", str(out), *extra]
+    recipe, flags = VARIANTS.get(algo, (algo, []))
+    cmd = [*launcher, str(ROOT / "recipes" / f"{recipe}_llada.py"), "--seed", str(seed), "--output_dir", str(out),
+           *flags, *extra]
     print(f"[recipe_runs] {' '.join(cmd)}", flush=True)
     start = time.time()
     with open(out / "run.log", "w") as log:

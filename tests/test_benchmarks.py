@@ -97,6 +97,25 @@ def test_recipe_runs_writes_its_tables_next_to_the_runs_by_default(tmp_path):
     assert "two at a time with --torch_threads 1" in md and "alone on the machine" not in md
 
 
+def test_recipe_runs_variants_launch_their_recipe_with_the_method_flags_then_the_users(tmp_path):
+    """JustGRPO-Fast and ESPO are a recipe plus flags: the base recipe is launched, the method's flags follow the
+    seed and output folder, and the user's extra flags come last (so they win); the table names the method."""
+    recipe_runs = load("recipe_runs")
+    fake = tmp_path / "fake_recipe.py"
+    fake.write_text(FAKE_RECIPE)
+    out, docs = tmp_path / "runs", tmp_path / "docs" / "variants"
+    recipe_runs.main(["--recipes", "justgrpo,espo", "--seeds", "0", "--out_dir", str(out), "--docs", str(docs),
+                      "--launcher", f"{sys.executable} {fake}", "--max_steps", "3"])
+    for algo, recipe, flag in (("justgrpo", "diffu_grpo", "ar_order_exact"), ("espo", "gdpo", "sequence_k2")):
+        cmd = json.loads((out / f"{algo}_s0" / "run.json").read_text())["command"].split()
+        assert Path(cmd[2]).name == f"{recipe}_llada.py" and flag in cmd
+        assert cmd[-2:] == ["--max_steps", "3"] and cmd.index(flag) < len(cmd) - 2
+    table = docs.with_suffix(".md").read_text()
+    assert "| JustGRPO-Fast | 0 |" in table and "| ESPO | 0 |" in table
+    jg = json.loads((out / "justgrpo_s0" / "run.json").read_text())["command"]
+    assert "--eval_block_length 16" in jg and "--block_length 1" in jg  # trains left to right, evaluates as all
+
+
 def test_recipe_runs_rejects_unknown_recipe(tmp_path):
     with pytest.raises(SystemExit, match="unknown recipe"):
         load("recipe_runs").main(["--recipes", "gdpo,grpo", "--out_dir", str(tmp_path)])
