@@ -214,10 +214,13 @@ def markdown(res: dict) -> str:
     q = s["q"]
     model = "Ising" if q == 2 else f"{q}-state Potts"
     a = res["runs"][0]["report"]["args"] if res["runs"] else {}
+    n_reused = sum(1 for r in res["runs"] if r.get("reused"))
+    reused = (f"; {n_reused} of {len(res['runs'])} runs reused from earlier calls, their training time is the "
+              "\"train s\" column" if n_reused else "")
     lines = [
         f"# MDNS vs PDNS on the periodic {model} model, above and below β_c",
         "",
-        f"`{res['command']}` ({res['wall_seconds'] / 60:.1f} min wall-clock). Each run: `recipes/mdns_ising.py` "
+        f"`{res['command']}` ({res['wall_seconds'] / 60:.1f} min wall-clock{reused}). Each run: `recipes/mdns_ising.py` "
         f"with {a.get('steps')} rounds × {a.get('batch')} samples, {a.get('inner_steps')} gradient steps per round, "
         f"replay buffer {a.get('buffer_rounds')} rounds, lr {a.get('lr')}, width {a.get('hidden')} × "
         f"{a.get('layers')} layers; PDNS target ESS {a.get('target_ess')}; statistics of {a.get('eval_samples')} "
@@ -319,6 +322,9 @@ def plot(res: dict, path: Path) -> bool:
                 ax.scatter(xs, ys, color=f"C{mi}", s=22, alpha=0.8, label=NAMES[method] if xi == 0 else None)
                 ax.hlines(statistics.mean(ys), xi + off - 0.1, xi + off + 0.1, color=f"C{mi}", lw=2)
                 plotted += ys
+        if not plotted:  # e.g. log Z against a Monte Carlo reference: say why the panel is empty
+            ax.text(0.5, 0.5, "not available\n(no exact value to compare with)", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8, color="0.4")
         if exact is not None:
             ax.axhline(exact, color="k", ls=":", lw=1, label="exact")
         if logy and plotted and min(plotted) > 0:
