@@ -279,8 +279,11 @@ def test_neural_sampler_compare_ising_smoke(tmp_path, capsys):
     assert out.with_suffix(".png").stat().st_size > 1000
     # a second call reuses the finished runs (same recipe arguments) instead of retraining
     capsys.readouterr()
+    assert "reused from earlier calls" not in md
     nsc.main(argv)
-    assert capsys.readouterr().out.count("reused") == 4
+    assert capsys.readouterr().out.count(": reused ") == 4
+    # the header says the runs were reused, so its wall-clock is not read as their training time
+    assert "4 of 4 runs reused from earlier calls" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):
         nsc.main([*argv, "--beta", "0.5"])  # a per-run recipe flag: use --betas
     with pytest.raises(SystemExit):
