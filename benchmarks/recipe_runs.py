@@ -65,15 +65,20 @@ VARIANTS = {
     # JustGRPO (arXiv 2601.15165) in miniature: left-to-right rollouts (one token per step, as its code), the
     # exact AR-order likelihood scored at the top-25 %-entropy positions (JustGRPO-Fast, §5.3), plain GRPO with
     # no KL (Table 3: beta 0, one update per rollout). Evaluation keeps every recipe's protocol (block 16, 24
-    # steps), not the training rollout's block 1. Step budget sized to the recipes' ~30 minutes (recipe
-    # comment in docs/objectives.md).
+    # steps), not the training rollout's block 1. Budget: the recipes' ~30 minutes. A 2-step timing run on one
+    # thread (the other core busy) took 309 s per step, ~9x GDPO's: 96 s of left-to-right sampling (48 forwards)
+    # and ~210 s of likelihood (a no-grad entropy pass over all 48 positions, then 12 with grad, per row) -> 8
+    # steps, validated every 2. batch_size bounds memory (12.2 GB peak RSS without it; results are the same).
+    # The NFE column counts only the 12 scored positions, not the 48-row selection pass: compare step times.
     "justgrpo": ("diffu_grpo", [
-        "--estimator", "ar_order_exact", "--estimator_kwargs", '{"score_fraction": 0.25, "select": "entropy"}',
+        "--estimator", "ar_order_exact",
+        "--estimator_kwargs", '{"score_fraction": 0.25, "select": "entropy", "batch_size": 512}',
         "--beta", "0", "--block_length", "1", "--diffusion_steps", "48", "--eval_block_length", "16",
-        "--max_steps", "15",
+        "--max_steps", "8", "--eval_every_steps", "2",
     ]),
     # ESPO (arXiv 2512.03759): GDPO's sequence ratio exp(dE/L) with L padded, 2 antithetic (coupled) pairs of
-    # stratified mask counts (4 forwards), k2 KL on the sequence ELBO with ESPO's beta 3e-3.
+    # stratified mask counts (4 forwards), k2 KL on the sequence ELBO with ESPO's beta 3e-3. GDPO's 55 steps: a
+    # 2-step timing run took 52 s per step on one thread (GDPO's recipe runs: 36), within the ~30-minute budget.
     "espo": ("gdpo", [
         "--estimator", "stratified_elbo",
         "--estimator_kwargs", '{"num_samples": 4, "antithetic": true, "length": "padded"}',
