@@ -9,6 +9,7 @@ masked sum is an estimate of ``log π_θ(completion | prompt)`` (or its ELBO):
     contrib = est(model, prompt_ids, completion_ids, completion_mask, generator=gens)  # [B, L]
     seq_logp = (contrib * completion_mask).sum(1)                                     # [B]
     est.nfe(L)  # forward passes it spent per sequence
+    est.last_call_nfe  # optional: row-forwards the last call actually ran (counted by the trainers if present)
 
 Rules every implementation follows (checked by ``tests/test_estimator_contract.py``):
 

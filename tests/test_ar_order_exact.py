@@ -236,7 +236,7 @@ def test_entropy_subset_is_the_top_entropy_positions_and_is_shared(batch):
     # old policy first (no grad): the selection pass, its values reused
     with Rows(old) as rc, torch.no_grad():
         a = est(old, prompt, comp, cmask, generator=row_generators(seeds), prompt_attention_mask=pam)
-    assert sum(rc.calls) == int(n.sum())
+    assert sum(rc.calls) == int(n.sum()) == est.last_call_nfe  # the count includes the selection pass
     sel = a != 0
     assert torch.equal(sel.sum(1), k)
     H = _loop_entropies(old, prompt, comp, pam).masked_fill(cmask == 0, -1.0)
@@ -250,7 +250,7 @@ def test_entropy_subset_is_the_top_entropy_positions_and_is_shared(batch):
     # current policy, same seeds, with grad: same positions, its own values, only k rows forwarded
     with Rows(cur) as rc:
         b_ = est(cur, prompt, comp, cmask, generator=row_generators(seeds), prompt_attention_mask=pam)
-    assert sum(rc.calls) == int(k.sum()) and b_.requires_grad
+    assert sum(rc.calls) == int(k.sum()) == est.last_call_nfe and b_.requires_grad
     assert torch.equal(b_ != 0, sel)
     with torch.no_grad():
         ref_cur = _loop_reference(cur, prompt, comp, cmask, pam)
@@ -261,6 +261,12 @@ def test_entropy_subset_is_the_top_entropy_positions_and_is_shared(batch):
     with torch.no_grad():
         c = fresh(cur, prompt, comp, cmask, generator=row_generators(seeds), prompt_attention_mask=pam)
     assert not torch.equal(c != 0, sel)
+    # a first estimate with grad (JustGRPO's on-policy step): the no-grad selection pass, then k rows with grad,
+    # and last_call_nfe counts both (nfe(L) is only the k of a memoised row)
+    with Rows(cur) as rc:
+        fresh2 = load_estimator("ar_order_exact", score_fraction=frac, select="entropy", length="true")
+        fresh2(cur, prompt, comp, cmask, generator=row_generators(seeds), prompt_attention_mask=pam)
+    assert sum(rc.calls) == int(n.sum() + k.sum()) == fresh2.last_call_nfe
     # another seed (another rollout / inner iteration) is selected afresh
     with torch.no_grad():
         d = est(cur, prompt, comp, cmask, generator=row_generators([31, 32, 33, 34]), prompt_attention_mask=pam)

@@ -682,3 +682,18 @@ def test_lr_warmup_and_decay_follow_the_schedule(tokenizer, dataset, tmp_path):
     # the rate each step used: warm-up 0 → 1e-3 over 2 steps, then linear decay to 0 at step 4
     assert lrs == pytest.approx([0.0, 5e-4, 1e-3, 5e-4])
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
+
+
+def test_nfe_counts_what_an_estimator_ran_when_it_counts_itself(tokenizer, dataset, tmp_path):
+    """JustGRPO-Fast's entropy selection forwards all L rows once per (row, seed) besides the k scored ones;
+    ``nfe(L)`` is only k, so the trainer counts the estimator's own ``last_call_nfe``."""
+    from dlm_trl.registry import load_estimator
+
+    est = load_estimator("ar_order_exact", score_fraction=0.5, select="entropy")
+    trainer = make_trainer("diffu_grpo", tokenizer, dataset, tmp_path, estimator=est, beta=0.0, num_iterations=1,
+                           max_steps=1)
+    trainer.train()
+    L, k = 8, est.nfe(8)
+    assert k == 4
+    # 8 rows, each estimated once with grad (on-policy): the no-grad selection pass (L) + the k scored rows
+    assert trainer.nfe_counts["policy"] + trainer.nfe_counts.get("old", 0) == 8 * (L + k)

@@ -490,6 +490,8 @@ class _DLMTrainerBase(
         dlm = self.as_dlm(model)
         step = batch_size or max(B, 1)
         chunks = []
+        counted = 0  # row-forwards reported by an estimator that counts its own (``last_call_nfe``)
+        counts_itself = method is self.estimator and hasattr(self.estimator, "last_call_nfe")
         for s in range(0, B, step):
             e = min(s + step, B)
             self._estimating_seeds = seeds[s:e]  # rows in flight (read by tests' forward hooks)
@@ -507,7 +509,11 @@ class _DLMTrainerBase(
                     )
             finally:
                 self._estimating_seeds = None
-        self._last_estimate_nfe = int(self.estimator.nfe(L)) * B
+            if counts_itself:
+                counted += int(self.estimator.last_call_nfe)
+        # what was run where the estimator counts it (e.g. ar_order_exact's one-off entropy selection pass), else
+        # the estimator's per-sequence count
+        self._last_estimate_nfe = counted if counts_itself else int(self.estimator.nfe(L)) * B
         if chunks and isinstance(chunks[0], tuple):
             return tuple(torch.cat([c[j].float() for c in chunks], 0) for j in range(len(chunks[0])))
         return torch.cat([c.float() for c in chunks], 0)

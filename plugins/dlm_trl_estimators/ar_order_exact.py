@@ -61,7 +61,9 @@ The default is the exact estimator (``score_fraction=1.0``).
 NFE per sequence: ``L`` (exact); ``k = ceil(score_fraction · L)`` for ``"random"``; for
 ``"entropy"`` ``k`` per estimate once the selection is memoised, plus a one-off no-grad
 selection pass of ``L`` rows per (row, seed) (``L`` in all on a first call under ``no_grad``,
-``L + k`` with grad). With ``length="true"`` these are upper bounds.
+``L + k`` with grad). With ``length="true"`` these are upper bounds. ``nfe(L)`` is the per-estimate
+count of a memoised row; the rows actually forwarded by the most recent call (selection pass
+included) are in ``last_call_nfe``, which the trainers count when an estimator has it.
 """
 
 from __future__ import annotations
@@ -129,6 +131,7 @@ class AROrderExact:
         # randomness is used only by the random subset
         self.deterministic = self.exact or self.select == "entropy"
         self._memo: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.last_call_nfe = 0  # row-forwards the most recent call ran (the selection pass included)
 
     def nfe(self, completion_length: int) -> int:
         L = int(completion_length)
@@ -178,6 +181,7 @@ class AROrderExact:
                 [prompt_attention_mask.to(device).long(), torch.ones(B, L, dtype=torch.long, device=device)], dim=1
             )[rows]  # [R, P+L]
         targets = completion_ids[rows, pos]  # [R]
+        self.last_call_nfe += R
         step = R if self.batch_size is None else self.batch_size
         logps, ents = [], []
         for s in range(0, R, step):
@@ -258,6 +262,7 @@ class AROrderExact:
         prompt_attention_mask: torch.Tensor | None = None,  # [B, P]
     ) -> torch.Tensor:  # [B, L]
         check_inputs(prompt_ids, completion_ids, completion_mask, prompt_attention_mask, generator)
+        self.last_call_nfe = 0
         B, L = completion_ids.shape
         device = completion_ids.device
         cand = maskable_positions(completion_mask, self.length).to(device)  # [B, L] candidate positions
