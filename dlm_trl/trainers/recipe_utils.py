@@ -690,16 +690,9 @@ def run_recipe(trainer_cls, config_cls, tiny_defaults: dict, argv: list[str] | N
     save_model(trainer, training_args.output_dir)  # the final model (ZeRO-3: consolidated, not a DS checkpoint)
     # test accuracy of the final and of the best-on-validation model (saved to output_dir/best); report.json
     report = protocol.report(title=f"{name} · {model_args.model_name_or_path} · {script_args.task}", algorithm=name)
-    shutdown_distributed()
+    # accelerate's end of script: under a launch, tear the process group down before the interpreter exits (left to
+    # interpreter shutdown, a ZeRO-3 rank was seen to abort after a finished run on a loaded CPU machine:
+    # "terminate called without an active exception", exit code -6)
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return report
-
-
-def shutdown_distributed() -> None:
-    """Under a multi-process launch, wait for every rank and tear the process group down before the interpreter
-    exits: left to interpreter shutdown, the backend's threads were seen to abort a rank after a finished run
-    ("terminate called without an active exception", exit code -6) under ZeRO-3 on a loaded CPU machine."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
