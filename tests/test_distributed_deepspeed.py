@@ -69,6 +69,15 @@ SCRIPT = textwrap.dedent(
 
     stage = int(os.environ["DLM_ZERO_STAGE"])
     out_dir = os.environ["DLM_TEST_OUT"]
+
+    import atexit
+    import torch.distributed as dist
+
+    def record_teardown():  # registered before any trainer, so it runs after the trainers' exit handler
+        with open(os.path.join(out_dir, "exit_rank" + os.environ.get("RANK", "0") + ".txt"), "w") as f:
+            f.write("initialized" if dist.is_initialized() else "destroyed")
+
+    atexit.register(record_teardown)
     model_path = os.environ["DLM_MODEL_PATH"]
     dataset = Dataset.from_list([{"prompt": p} for p in PROMPTS])
     result = {}
@@ -267,6 +276,8 @@ def _run_stage(stage, tmp_path, model_path):
     script.write_text(SCRIPT)
     seconds = launch(script, _env(tmp_path, stage, model_path), "--zero_stage", str(stage))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # the script never destroys the process group itself: the trainers' exit handler did, on both ranks
+    assert [(tmp_path / f"exit_rank{r}.txt").read_text() for r in (0, 1)] == ["destroyed"] * 2
     print(f"ZeRO-{stage} launch: {seconds:.1f}s;", {k: v.get("seconds") for k, v in ranks[0].items()
                                                     if isinstance(v, dict)})
     return ranks
@@ -344,3 +355,32 @@ def test_zero2_three_trainers_lora_and_single_process_equality(tmp_path, model_p
     assert single["loss"] == pytest.approx(dist["loss"], abs=1e-5)
     assert single["grad_norm"] == pytest.approx(dist["grad_norm"], rel=1e-4, abs=1e-7)
     assert single["grad_norm"] > 0
+
+
+def test_trainers_destroy_the_process_group_before_interpreter_shutdown(tmp_path, monkeypatch):
+    """A launched run whose script never destroys the process group leaves it to interpreter finalization, where
+    gloo's worker threads can abort the rank after a finished run ("terminate called without an active
+    exception", exit -6; this file's ZeRO-3 launch did so once in CI). Building a trainer under an initialised
+    group registers an exit handler that destroys it once, and does nothing when the script already did."""
+    import atexit
+
+    import torch.distributed as dist
+
+    from dlm_trl.trainers import _base
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", lambda fn, *a, **k: registered.append(fn))
+    monkeypatch.setitem(_base._EXIT_HANDLER, "registered", False)
+    _base._register_distributed_teardown()
+    assert registered == []  # no process group: nothing to tear down
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        _base._register_distributed_teardown()
+        _base._register_distributed_teardown()
+        assert registered == [_base._destroy_process_group_at_exit]  # once per process
+        registered[0]()
+        assert not dist.is_initialized()
+        registered[0]()  # already destroyed (accelerator.end_training()): a no-op
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

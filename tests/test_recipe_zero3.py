@@ -89,6 +89,7 @@ EVAL_SCRIPT = textwrap.dedent(
     rank = acc.process_index
     with open(os.path.join(os.environ["DLM_TEST_OUT"], f"eval_rank{rank}.json"), "w") as f:
         json.dump({"result": res, "calls": calls, "type": type(model).__name__}, f)
+    acc.end_training()  # destroys the process group before interpreter shutdown
     """
 )
 

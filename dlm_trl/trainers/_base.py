@@ -127,6 +127,33 @@ OOM_HINT = (
 )
 
 
+def _destroy_process_group_at_exit() -> None:
+    """Tear torch.distributed down while the interpreter is still whole. Left to interpreter finalization,
+    gloo's worker threads can still hold work objects whose tensors reference Python objects, and the rank
+    aborts after a finished run ("terminate called without an active exception", exit code -6; seen under
+    ZeRO-3 on a loaded CPU machine; the same cause is described in pytorch/pytorch PR 179291). A no-op when
+    the script already destroyed the group (``accelerator.end_training()``). No barrier: a rank that failed
+    must not leave the others waiting here."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
+_EXIT_HANDLER = {"registered": False}
+
+
+def _register_distributed_teardown() -> None:
+    import atexit
+
+    import torch.distributed as dist
+
+    if not _EXIT_HANDLER["registered"] and dist.is_available() and dist.is_initialized():
+        atexit.register(_destroy_process_group_at_exit)
+        _EXIT_HANDLER["registered"] = True
+
+
 def _is_iterable_dataset(dataset) -> bool:
     import datasets
 
@@ -245,6 +272,7 @@ class _DLMTrainerBase(
         finally:
             args.beta, args.sync_ref_model = beta, sync_ref
         self.beta = beta
+        _register_distributed_teardown()  # launched runs: destroy the process group before interpreter shutdown
 
         base = self.accelerator.unwrap_model(self.model)
         base = base.get_base_model() if is_peft_model(base) else base
