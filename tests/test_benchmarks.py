@@ -319,3 +319,60 @@ def test_tree_search_toy_table(tmp_path):
     md = out.with_suffix(".md").read_text()
     assert "| 0 | 1.23e-02 | 40 × 4 | 0.5 |" in md and "100 % |" in md
     assert json.loads(out.with_suffix(".json").read_text())[0]["found"] == 1.0
+
+
+def test_rl_step_time_contenders_and_step_durations():
+    bench = load("rl_step_time")
+    assert bench.parse_contenders("today, fast") == ["today", "fast"]
+    with pytest.raises(SystemExit, match="did you mean 'fast'"):
+        bench.parse_contenders("today,fats")
+    with pytest.raises(SystemExit, match="twice"):
+        bench.parse_contenders("fast,fast")
+    curve = [{"step": 1, "seconds": 9.0}, {"step": 2, "seconds": 12.0}, {"step": 3, "seconds": 16.0}]
+    assert bench.step_seconds({"reward_curve": curve}) == [3.0, 4.0]  # the first (warm-up) step is not timed
+    with pytest.raises(ValueError, match="skips from step 1 to 3"):
+        bench.step_seconds({"reward_curve": [curve[0], curve[2]]})
+    with pytest.raises(ValueError, match="at least 2"):
+        bench.step_seconds({"reward_curve": curve[:1]})
+    rows = bench.summarize({"today": [{"step_seconds": 40.0, "sampler_seconds_per_step": 30.0}] * 2,
+                            "fast": [{"step_seconds": 18.0, "sampler_seconds_per_step": 8.0},
+                                     {"step_seconds": 20.0, "sampler_seconds_per_step": 9.0}]},
+                           {"argv": "", "conditions": "c", "steps": 5, "repeats": 2, "today_rev": "a" * 40})[1]
+    assert rows["fast"]["step_seconds"] == 19.0 and rows["fast"]["vs_today"] == 0.475 and "vs_plain" not in rows["fast"]
+
+
+def test_rl_step_time_bad_revision_says_what_to_do():
+    with pytest.raises(SystemExit, match="Leave 'today' out of --contenders"):
+        load("rl_step_time").resolve_today("no-such-revision-xyz")
+
+
+RL_STEP_SMALL = ["--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1", "--num_train_prompts",
+                 "16", "--gen_length", "16", "--block_length", "16", "--diffusion_steps", "8"]
+
+
+def test_rl_step_time_end_to_end_runs_todays_recipe_from_git_history(tmp_path):
+    """`today` is the recipe of the last one-function-sampler commit, extracted from git and run with its own
+    dlm_trl: every row takes all its sampler steps (no parallel decoding), and its trainer predates the
+    `sampler/tokens_per_forward` metric."""
+    bench = load("rl_step_time")
+    try:
+        rev = bench.resolve_today(None)
+    except SystemExit:
+        pytest.skip("no git history of the sampler package commit here (shallow clone or source archive)")
+    tree = bench.extract(rev, tmp_path / "today")
+    assert (tree / "dlm_trl" / "sampling.py").is_file() and not (tree / "dlm_trl" / "sampling").exists()
+    out = tmp_path / "rst"
+    rows = bench.main(["--contenders", "today,fast", "--steps", "2", "--repeats", "1", "--threads", "1",
+                       "--work_dir", str(tmp_path / "w"), "--out", str(out), *RL_STEP_SMALL])
+    assert set(rows) == {"today", "fast"} and rows["today"]["vs_today"] == 1.0 and rows["fast"]["step_seconds"] > 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    (today,), (fast,) = data["runs"]["today"], data["runs"]["fast"]
+    assert today["command"].split()[1] == str(tmp_path / "w" / f"today_{rev[:10]}" / "recipes" / "gdpo_llada.py")
+    assert "--rollout" not in today["command"] and "--rollout fast" in fast["command"]
+    assert today["sampler_row_forwards_per_step"] == 8 * 8  # 8 rows x 8 steps
+    assert fast["sampler_row_forwards_per_step"] < today["sampler_row_forwards_per_step"]
+    logs = {n: (tmp_path / "w" / f"{n}_r0.log").read_text() for n in ("today", "fast")}
+    assert "tokens_per_forward" in logs["fast"] and "tokens_per_forward" not in logs["today"]
+    md = out.with_suffix(".md").read_text()
+    assert f"`{rev[:10]}`" in md and "| fast |" in md and out.with_suffix(".png").exists()
+    assert data["meta"]["today_rev"] == rev
