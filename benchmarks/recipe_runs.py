@@ -317,10 +317,37 @@ BUDGET_HEADER = (
 )
 
 
-def summarize(runs: list[dict], docs: Path, conditions: str = "alone on the machine") -> str:
+def paired_rows(runs: list[dict], reference: str) -> list[str]:
+    """Each other recipe minus ``reference``, seed by seed (the seeds both have): test accuracy final and at the
+    validation-chosen step, in points, with mean ± sd and the 95 % t-interval over those seeds."""
+    by = {(r["algo"], r["seed"]): r["report"] for r in runs if r.get("seed_known", True)}
+    rows = [
+        f"| recipe | seeds | minus {NAMES[reference]}, final, per seed (pts) | mean (± sd, 95 % t-CI) "
+        f"| minus {NAMES[reference]}, best on validation, per seed | mean (± sd, 95 % t-CI) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for algo in (a for a in NAMES if a != reference and any(r["algo"] == a for r in runs)):
+        seeds = sorted(s for (a, s) in by if a == algo and (reference, s) in by)
+        if not seeds:
+            continue
+        diffs = {}
+        for name, f in (("final", final_acc), ("best", best_acc)):
+            pairs = [(f(by[(algo, s)]), f(by[(reference, s)])) for s in seeds]
+            diffs[name] = [a - b for a, b in pairs if a is not None and b is not None]
+        rows.append(
+            f"| {NAMES[algo]} | {','.join(map(str, seeds))} | {_per_seed([f'{d:+.2f}' for d in diffs['final']])} | "
+            f"{paired_gain(diffs['final'])} | {_per_seed([f'{d:+.2f}' for d in diffs['best']])} | "
+            f"{paired_gain(diffs['best'])} |")
+    return rows
+
+
+def summarize(runs: list[dict], docs: Path, conditions: str = "alone on the machine",
+              reference: str | None = None) -> str:
     algos = [a for a in NAMES if any(r["algo"] == a for r in runs)]
     acc = [ACCURACY_HEADER] + [accuracy_row(a, [r for r in runs if r["algo"] == a]) for a in algos]
     bud = [BUDGET_HEADER] + [budget_row(a, [r for r in runs if r["algo"] == a]) for a in algos]
+    if reference is not None and reference not in algos:
+        raise SystemExit(f"--paired_with {reference}: no finished runs of it among {algos}")
     r0 = runs[0]["report"]
     test = r0.get("test_final") or r0.get("heldout_after") or r0.get("before") or r0.get("heldout_before") or {}
     task = r0.get("title", "").split("·")[-1].strip() or "task"
@@ -348,7 +375,13 @@ def summarize(runs: list[dict], docs: Path, conditions: str = "alone on the mach
         "100/prompts points." + (" Seed \"0?\": not recorded with the run, assumed 0." if unknown else "") +
         " Raw runs: " + docs.with_suffix(".json").name + "."
     )
-    table = ("## Test accuracy\n\n" + "\n".join(acc) + "\n\n## Budget and cost\n\n" + "\n".join(bud) + "\n" + note)
+    paired = ""
+    if reference is not None:
+        paired = (f"\n## Against {NAMES[reference]}, seed by seed\n\n" + "\n".join(paired_rows(runs, reference)) +
+                  "\n\nPaired by seed (every run is tested on the same prompts): the difference of the two runs' test "
+                  "accuracies, in points; mean ± sd and 95 % t-interval over the seeds both recipes ran.\n")
+    table = ("## Test accuracy\n\n" + "\n".join(acc) + "\n" + paired + "\n## Budget and cost\n\n" + "\n".join(bud) +
+             "\n" + note)
     docs.parent.mkdir(parents=True, exist_ok=True)
     docs.with_suffix(".md").write_text("# The recipes with no arguments, several seeds\n\n" + table + "\n")
     docs.with_suffix(".json").write_text(json.dumps(runs, indent=1))
@@ -470,9 +503,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--conditions", default="alone on the machine",
                    help="how the runs shared the machine, for the table's note (wall-clock and s / step depend on it; "
                    "the step counts and accuracies do not), e.g. 'two at a time with --torch_threads 1'")
+    p.add_argument("--paired_with", default=None,
+                   help="a recipe of --recipes: add a table of every other recipe minus it, seed by seed")
     opts, extra = p.parse_known_args(argv)
     recipes = [r.strip() for r in opts.recipes.split(",") if r.strip()]
     unknown = [r for r in recipes if r not in NAMES]
+    if opts.paired_with is not None and opts.paired_with not in recipes:
+        raise SystemExit(f"--paired_with {opts.paired_with!r} is not one of --recipes {recipes}")
     if unknown:
         raise SystemExit(f"unknown recipe(s) {unknown}; choose from {list(NAMES)}")
     seeds = [int(s) for s in opts.seeds.split(",")]
@@ -490,7 +527,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = collect(out_dir, recipes, seeds, opts.layout)
     if not runs:
         raise SystemExit(f"no finished runs under {out_dir} (layout {opts.layout})")
-    print(summarize(runs, Path(opts.docs) if opts.docs else out_dir / "summary", opts.conditions))
+    print(summarize(runs, Path(opts.docs) if opts.docs else out_dir / "summary", opts.conditions, opts.paired_with))
 
 
 if __name__ == "__main__":

@@ -80,6 +80,29 @@ def test_recipe_runs_runs_every_recipe_and_seed_and_tabulates(tmp_path, capsys):
         recipe_runs.main([*argv[:-1], f"{sys.executable} {fake} boom", "--rerun"])
 
 
+def test_recipe_runs_pairs_every_recipe_with_a_reference_seed_by_seed(tmp_path):
+    """--paired_with gdpo: each other recipe minus GDPO on the same seed (final and best-on-validation), with the
+    mean ± sd and t-interval; a seed only one of them ran is left out; the reference must be among --recipes."""
+    recipe_runs = load("recipe_runs")
+    fake = tmp_path / "fake_recipe.py"
+    fake.write_text(FAKE_RECIPE)
+    runs, docs = tmp_path / "runs", tmp_path / "docs" / "paired"
+    recipe_runs.main(["--recipes", "gdpo,dmpo", "--seeds", "0,1", "--out_dir", str(runs), "--docs", str(docs),
+                      "--launcher", f"{sys.executable} {fake}"])
+    recipe_runs.main(["--recipes", "diffu_grpo", "--seeds", "0", "--out_dir", str(runs), "--docs", str(docs),
+                      "--launcher", f"{sys.executable} {fake}"])
+    recipe_runs.main(["--recipes", "gdpo,dmpo,diffu_grpo", "--seeds", "0,1", "--out_dir", str(runs),
+                      "--docs", str(docs), "--summarize_only", "--paired_with", "gdpo"])
+    md = docs.with_suffix(".md").read_text()
+    assert "## Against GDPO, seed by seed" in md
+    # DMPO final 36 + s vs GDPO 38 + s; best = final - 1 + s for both: -2.00 on each seed, sd 0
+    assert ("| DMPO | 0,1 | -2.00, -2.00 | -2.00 ± 0.00 (n=2; 95 % CI [-2.00, -2.00]) | -2.00, -2.00 | "
+            "-2.00 ± 0.00 (n=2; 95 % CI [-2.00, -2.00]) |") in md
+    assert "| diffu-GRPO | 0 | +2.00 | +2.00 (n=1; sd, 95 % CI n/a) |" in md and "| GDPO | 0,1 | -" not in md
+    with pytest.raises(SystemExit, match="--paired_with 'espo' is not one of --recipes"):
+        recipe_runs.main(["--recipes", "gdpo", "--out_dir", str(runs), "--summarize_only", "--paired_with", "espo"])
+
+
 def test_recipe_runs_writes_its_tables_next_to_the_runs_by_default(tmp_path):
     """Without --docs the tables go to <out_dir>/summary.*, never over the committed docs/recipe_runs.*."""
     recipe_runs = load("recipe_runs")
