@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     if opts.steps < 2:
         raise SystemExit("--steps must be ≥ 2 (the first step is warm-up and not timed)")
     argv_text = " ".join(argv if argv is not None else sys.argv[1:])
-    work = Path(opts.work_dir) if opts.work_dir else Path(tempfile.mkdtemp(prefix="rl_step_time_"))
+    work = (Path(opts.work_dir) if opts.work_dir else Path(tempfile.mkdtemp(prefix="rl_step_time_"))).resolve()
     trees = {n: ROOT for n in names}
     today_rev = None
     if "today" in names:

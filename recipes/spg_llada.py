@@ -30,6 +30,8 @@ from dlm_trl.trainers.recipe_utils import run_recipe, tiny_defaults  # noqa: E40
 # 0.51x a GDPO step (3 nodes) in back-to-back 3-step runs (45 s vs 87 s on one busy thread), i.e. ~9.5 s on 2 idle
 # cores -> 110 x 9.5 s = 17.4 min of training + 23 validations x ~20 s + 3 test evaluations x ~40 s ≈ 27 min.
 # SPG's own settings as in its reference scripts (K = 2 block-wise draws, beta 1.5, omega 0.5). Not tuned here.
+# Measured (docs/objectives.md): in 60 minutes at one shared thread the cap stops it at ~100 steps (1.7x GDPO's
+# row-forwards, +5.3 points); at GDPO's row-forwards (--max_steps 59) it gains +3.2, level with GDPO seed by seed.
 TINY_DEFAULTS = tiny_defaults(
     output_dir="outputs/spg_tiny",
     max_steps=110,

@@ -373,7 +373,7 @@ RL_STEP_SMALL = ["--per_device_train_batch_size", "8", "--gradient_accumulation_
                  "16", "--gen_length", "16", "--block_length", "16", "--diffusion_steps", "8"]
 
 
-def test_rl_step_time_end_to_end_runs_todays_recipe_from_git_history(tmp_path):
+def test_rl_step_time_end_to_end_runs_todays_recipe_from_git_history(tmp_path, monkeypatch):
     """`today` is the recipe of the last one-function-sampler commit, extracted from git and run with its own
     dlm_trl: every row takes all its sampler steps (no parallel decoding), and its trainer predates the
     `sampler/tokens_per_forward` metric."""
@@ -385,12 +385,14 @@ def test_rl_step_time_end_to_end_runs_todays_recipe_from_git_history(tmp_path):
     tree = bench.extract(rev, tmp_path / "today")
     assert (tree / "dlm_trl" / "sampling.py").is_file() and not (tree / "dlm_trl" / "sampling").exists()
     out = tmp_path / "rst"
+    monkeypatch.chdir(tmp_path)  # a relative --work_dir (the runs start in their recipe's tree, not here)
     rows = bench.main(["--contenders", "today,fast", "--steps", "2", "--repeats", "1", "--threads", "1",
-                       "--work_dir", str(tmp_path / "w"), "--out", str(out), *RL_STEP_SMALL])
+                       "--work_dir", "w", "--out", str(out), *RL_STEP_SMALL])
     assert set(rows) == {"today", "fast"} and rows["today"]["vs_today"] == 1.0 and rows["fast"]["step_seconds"] > 0
     data = json.loads(out.with_suffix(".json").read_text())
     (today,), (fast,) = data["runs"]["today"], data["runs"]["fast"]
-    assert today["command"].split()[1] == str(tmp_path / "w" / f"today_{rev[:10]}" / "recipes" / "gdpo_llada.py")
+    tree = (tmp_path / "w" / f"today_{rev[:10]}").resolve()
+    assert today["command"].split()[1] == str(tree / "recipes" / "gdpo_llada.py")
     assert "--rollout" not in today["command"] and "--rollout fast" in fast["command"]
     assert today["sampler_row_forwards_per_step"] == 8 * 8  # 8 rows x 8 steps
     assert fast["sampler_row_forwards_per_step"] < today["sampler_row_forwards_per_step"]
