@@ -344,10 +344,10 @@ def paired_rows(runs: list[dict], reference: str) -> list[str]:
 def summarize(runs: list[dict], docs: Path, conditions: str = "alone on the machine",
               reference: str | None = None) -> str:
     algos = [a for a in NAMES if any(r["algo"] == a for r in runs)]
-    acc = [ACCURACY_HEADER] + [accuracy_row(a, [r for r in runs if r["algo"] == a]) for a in algos]
-    bud = [BUDGET_HEADER] + [budget_row(a, [r for r in runs if r["algo"] == a]) for a in algos]
     if reference is not None and reference not in algos:
         raise SystemExit(f"--paired_with {reference}: no finished runs of it among {algos}")
+    acc = [ACCURACY_HEADER] + [accuracy_row(a, [r for r in runs if r["algo"] == a]) for a in algos]
+    bud = [BUDGET_HEADER] + [budget_row(a, [r for r in runs if r["algo"] == a]) for a in algos]
     r0 = runs[0]["report"]
     test = r0.get("test_final") or r0.get("heldout_after") or r0.get("before") or r0.get("heldout_before") or {}
     task = r0.get("title", "").split("·")[-1].strip() or "task"

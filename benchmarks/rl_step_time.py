@@ -22,14 +22,13 @@ over rounds, the ratio to ``today`` and to ``plain``, and the rollout (sampler) 
 measured here (docs/rollout_speed*.md and the README's "Fast rollouts in RL" have it). Writes ``<out>.md``,
 ``<out>.json`` and ``<out>.png``::
 
-    python benchmarks/rl_step_time.py                                   # ≈ 25 min on 2 idle cores
+    python benchmarks/rl_step_time.py                                   # ≈ 32 min on 2 idle cores
     python benchmarks/rl_step_time.py --contenders today,fast --steps 3 --repeats 1
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
 import shutil
@@ -39,6 +38,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from dlm_trl.sampling._names import _choice_error
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,9 +64,7 @@ def parse_contenders(spec: str) -> list[str]:
     names = [n.strip() for n in spec.split(",") if n.strip()]
     for n in names:
         if n not in CONTENDERS:
-            close = difflib.get_close_matches(n, list(CONTENDERS), n=2, cutoff=0.5)
-            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            raise SystemExit(f"unknown contender {n!r}{hint} Choose from {list(CONTENDERS)}.")
+            raise SystemExit(str(_choice_error("contender", n, list(CONTENDERS))))
     if not names:
         raise SystemExit(f"--contenders is empty; choose from {list(CONTENDERS)}")
     if len(set(names)) != len(names):

@@ -347,7 +347,7 @@ def test_tree_search_toy_table(tmp_path):
 def test_rl_step_time_contenders_and_step_durations():
     bench = load("rl_step_time")
     assert bench.parse_contenders("today, fast") == ["today", "fast"]
-    with pytest.raises(SystemExit, match="did you mean 'fast'"):
+    with pytest.raises(SystemExit, match="Did you mean 'fast'"):
         bench.parse_contenders("today,fats")
     with pytest.raises(SystemExit, match="twice"):
         bench.parse_contenders("fast,fast")
@@ -382,8 +382,6 @@ def test_rl_step_time_end_to_end_runs_todays_recipe_from_git_history(tmp_path, m
         rev = bench.resolve_today(None)
     except SystemExit:
         pytest.skip("no git history of the sampler package commit here (shallow clone or source archive)")
-    tree = bench.extract(rev, tmp_path / "today")
-    assert (tree / "dlm_trl" / "sampling.py").is_file() and not (tree / "dlm_trl" / "sampling").exists()
     out = tmp_path / "rst"
     monkeypatch.chdir(tmp_path)  # a relative --work_dir (the runs start in their recipe's tree, not here)
     rows = bench.main(["--contenders", "today,fast", "--steps", "2", "--repeats", "1", "--threads", "1",
@@ -392,6 +390,7 @@ def test_rl_step_time_end_to_end_runs_todays_recipe_from_git_history(tmp_path, m
     data = json.loads(out.with_suffix(".json").read_text())
     (today,), (fast,) = data["runs"]["today"], data["runs"]["fast"]
     tree = (tmp_path / "w" / f"today_{rev[:10]}").resolve()
+    assert (tree / "dlm_trl" / "sampling.py").is_file() and not (tree / "dlm_trl" / "sampling").exists()
     assert today["command"].split()[1] == str(tree / "recipes" / "gdpo_llada.py")
     assert "--rollout" not in today["command"] and "--rollout fast" in fast["command"]
     assert today["sampler_row_forwards_per_step"] == 8 * 8  # 8 rows x 8 steps
