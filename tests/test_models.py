@@ -130,3 +130,78 @@ def test_tiny_checkpoint_size_and_tokenizer():
     assert "<|mdm_mask|>" == tok.mask_token
     prompt = tok.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True, tokenize=False)
     assert prompt.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_logits_to_keep_equals_the_sliced_full_logits(family):
+    """``DLM(ids, logits_to_keep=n)`` = the last n aligned logits of the full forward, computed only there on
+    the native classes (the module is asked for n positions, n+1 raw ones for Dream's shift), sliced otherwise."""
+    from dlm_trl.testing.hub_checkpoints import random_native_model
+
+    native = random_native_model(family, 0).eval()
+    dlm = DLM.wrap(native, family=family)
+    assert dlm.keeps_selected_logits
+    V = native.config.vocab_size
+    ids = torch.randint(3, V - 10, (3, 12), generator=torch.Generator().manual_seed(0))
+    attn = torch.ones(3, 12, dtype=torch.long)
+    attn[1, :2] = 0  # a left-padded row
+    full = dlm(ids, attention_mask=attn)
+    asked = []
+    hook = native.register_forward_pre_hook(lambda m, a, kw: asked.append(kw.get("logits_to_keep")), with_kwargs=True)
+    try:
+        for n in (1, 5, 12):
+            part = dlm(ids, attention_mask=attn, logits_to_keep=n)
+            assert part.shape == (3, n, V)
+            torch.testing.assert_close(part, full[:, 12 - n :], rtol=1e-5, atol=1e-5)
+    finally:
+        hook.remove()
+    shift = 1 if family == "dream" else 0
+    # Dream's n = T needs raw position -1: the full forward, then the shift
+    assert asked == [1 + shift, 5 + shift, 12 if family == "llada" else None]
+    with pytest.raises(ValueError, match="logits_to_keep=13 outside 1..12"):
+        dlm(ids, logits_to_keep=13)
+
+
+def test_logits_to_keep_slices_for_modules_without_it():
+    m = _Recorder()  # its forward takes no logits_to_keep
+    dlm = DLM.wrap(m)
+    assert not dlm.keeps_selected_logits
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    torch.testing.assert_close(dlm(ids, logits_to_keep=2), dlm(ids)[:, 3:])
+
+
+def test_estimators_project_only_the_completion_positions():
+    """The ELBO estimators ask the model for the completion's logits only (no vocabulary projection of the
+    prompt's positions), and get the estimate of the full forward."""
+    from dlm_trl.estimators import row_generators
+    from dlm_trl.registry import ESTIMATORS
+    from dlm_trl.registry import load as load_plugin
+
+    model = small_model().eval()
+    dlm = DLM.wrap(model)
+    P, L = 6, 5
+    prompt = torch.randint(3, 40, (4, P), generator=torch.Generator().manual_seed(1))
+    completion = torch.randint(3, 40, (4, L), generator=torch.Generator().manual_seed(2))
+    cmask = torch.ones(4, L, dtype=torch.long)
+    pmask = torch.ones(4, P, dtype=torch.long)
+    pmask[0, :2] = 0
+    est = load_plugin(ESTIMATORS, "sdmc_elbo")(num_nodes=2, masks_per_node=1)
+
+    class FullOnly:  # the same model through the plain ids -> logits contract
+        mask_token_id = dlm.mask_token_id
+
+        def __call__(self, ids, attention_mask=None):
+            return dlm(ids, attention_mask=attention_mask)
+
+    asked = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: asked.append(kw.get("logits_to_keep")), with_kwargs=True)
+    try:
+        fast = est(dlm, prompt, completion, cmask, generator=row_generators([0, 1, 2, 3]), prompt_attention_mask=pmask)
+        assert asked and set(asked) == {L}
+        asked.clear()
+        full = est(FullOnly(), prompt, completion, cmask, generator=row_generators([0, 1, 2, 3]),
+                   prompt_attention_mask=pmask)
+        assert asked and set(asked) == {None}
+    finally:
+        hook.remove()
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-6)

@@ -102,8 +102,25 @@ class DLM:
         if self.family not in FAMILIES:
             raise ValueError(f"unknown family {self.family!r}; choose one of {FAMILIES}")
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        logits_to_keep: int | None = None,
+    ) -> torch.Tensor:
+        """Aligned logits ``[B, T, V]``; with ``logits_to_keep=n`` only those of the last ``n`` positions,
+        ``[B, n, V]`` — computed only there (no vocabulary projection of the other positions) when the module
+        implements ``logits_to_keep`` (dlm-trl's native classes and the embedded model), sliced otherwise."""
+        T = input_ids.shape[1]
+        n = None if logits_to_keep is None or int(logits_to_keep) == 0 else int(logits_to_keep)
+        if n is not None and not 0 < n <= T:
+            raise ValueError(f"logits_to_keep={logits_to_keep} outside 1..{T} (the sequence length)")
         kwargs: dict[str, Any] = {}
+        shift = 1 if self.family == "dream" else 0
+        narrowed = n is not None and n + shift <= T and self.keeps_selected_logits
+        if narrowed:
+            # Dream's aligned logits at T-n..T-1 are its raw logits at T-n-1..T-2.
+            kwargs["logits_to_keep"] = n + shift
         if attention_mask is not None and self.pass_attention_mask and not bool(attention_mask.all()):
             mode = self.mask_mode
             if mode == "dream_remote":
@@ -125,10 +142,18 @@ class DLM:
                 kwargs["attention_mask"] = attention_mask
         out = self.module(input_ids=input_ids, **kwargs)
         logits = out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, tuple) else out)  # [B, T, V]
+        if narrowed:
+            return logits[:, : logits.shape[1] - shift]  # [B, n, V]
         if self.family == "dream":
             # Dream: logits[i] predicts token i+1 → aligned logits for i come from i-1.
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-        return logits
+        return logits if n is None else logits[:, T - n :]
+
+    @property
+    def keeps_selected_logits(self) -> bool:
+        """Whether the module computes logits only at the positions ``logits_to_keep`` names (the contract of
+        :mod:`dlm_trl.models._layers`): dlm-trl's native classes and the embedded model."""
+        return bool(getattr(type(unwrap_module(self.module)), "supports_block_kv_cache", False))
 
     @property
     def mask_mode(self) -> str:

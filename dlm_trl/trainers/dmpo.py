@@ -285,8 +285,9 @@ class DMPOTrainer(_DLMTrainerBase):
         attn = torch.cat([inputs["prompt_mask"], torch.ones_like(inputs["completion_mask"])], 1)
         attn = attn.repeat_interleave(R, 0)  # [B*R, P+L]
         with self.accelerator.autocast():
-            logits = self.as_dlm(model)(noisy, attention_mask=attn)  # [B*R, P+L, V]
-        logps = token_log_probs(logits[:, P:], completion_ids.repeat_interleave(R, 0)).view(B, R, L)
+            # the completion's logits only: no vocabulary projection of the prompt's positions
+            logits = self.as_dlm(model)(noisy, attention_mask=attn, logits_to_keep=L)  # [B*R, L, V]
+        logps = token_log_probs(logits, completion_ids.repeat_interleave(R, 0)).view(B, R, L)
         self.nfe_counts["policy"] += B * R
         ce = denoising_cross_entropy(logps, noise)  # [B]
         G = self.num_generations if self.model.training else self.num_generations_eval

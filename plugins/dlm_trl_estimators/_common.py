@@ -7,7 +7,8 @@ Every estimator here follows the same three steps:
    drawn from row ``b``'s generator (:func:`repeat_generators`);
 2. run the noisy ``[B*K, P+L]`` batch through the model in chunks of at most
    ``batch_size`` rows and gather ``log f(y_i | x_noisy)`` at every completion position, in
-   float32 (:func:`completion_log_probs`);
+   float32 (:func:`completion_log_probs`; the model projects only the completion's positions onto
+   the vocabulary, :func:`completion_logits`);
 3. weight, average over the K draws and zero the positions that do not count
    (:func:`finish`).
 
@@ -176,8 +177,7 @@ def completion_log_probs(
     step = batch_size if batch_size is not None else (max(B, 1) if recompute else N)
 
     def chunk_log_probs(chunk, chunk_targets, chunk_attn=None):  # -> [c, L] float32, no logits kept
-        logits = model(chunk, attention_mask=chunk_attn) if chunk_attn is not None else model(chunk)  # [c, P+L, V]
-        return token_log_probs(logits[:, P:], chunk_targets)
+        return token_log_probs(completion_logits(model, chunk, chunk_attn, L), chunk_targets)
 
     out = []
     for s in range(0, N, max(step, 1)):
@@ -189,6 +189,17 @@ def completion_log_probs(
     if not out:  # B == 0
         return torch.zeros(0, L, dtype=torch.float32, device=device)
     return torch.cat(out, dim=0)
+
+
+def completion_logits(model, ids: torch.Tensor, attention_mask: torch.Tensor | None, L: int) -> torch.Tensor:
+    """Logits ``[c, L, V]`` of the last ``L`` positions of ``ids [c, P+L]``. A model that computes selected
+    positions only (a :class:`~dlm_trl.models.DLM` over dlm-trl's native classes or the embedded model:
+    ``keeps_selected_logits``) is asked for those (``logits_to_keep``: no vocabulary projection or memory for
+    the prompt's positions); any other ``ids -> logits`` callable is run in full and sliced."""
+    if L > 0 and getattr(model, "keeps_selected_logits", False):
+        return model(ids, attention_mask=attention_mask, logits_to_keep=L)
+    logits = model(ids, attention_mask=attention_mask) if attention_mask is not None else model(ids)  # [c, P+L, V]
+    return logits[:, ids.shape[1] - L :]
 
 
 def masked_weighted(
