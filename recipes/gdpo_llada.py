@@ -45,7 +45,7 @@ TINY_DEFAULTS = tiny_defaults(
     # Confidence-threshold parallel decoding (threshold 0.9, no cache): 3.5x faster rollouts at -0.1 points of greedy
     # accuracy on the whole test split, and on this recipe (seed 0, 55 steps) test 37.0 % final / 40.2 % best-on-
     # validation vs 36.2 / 38.0 % with the plain sampler; step time 18.5 s vs 30.9 s (README "Fast rollouts"), and
-    # 0.52x the step of the code before the sampler package (docs/rl_step_time.md).
+    # 0.42-0.52x the step of the code before the sampler package in three side-by-side runs (docs/rl_step_time*.md).
     rollout="fast",
     estimator_kwargs={"num_nodes": 3, "masks_per_node": 1},
 )
