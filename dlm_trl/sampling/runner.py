@@ -44,10 +44,8 @@ def block_cache_module(model: Any) -> Any | None:
     module = getattr(model, "module", None)
     if module is None or getattr(model, "mask_mode", "2d") != "2d":
         return None
-    from ..models.adapters import unwrap_module
-
-    base = unwrap_module(module)
-    return module if getattr(type(base), "supports_block_kv_cache", False) else None
+    # one flag for the whole contract of dlm_trl.models._layers: block cache and logits_to_keep
+    return module if getattr(model, "keeps_selected_logits", False) else None
 
 
 class BlockRunner:
