@@ -29,6 +29,9 @@ for GDPO), all over the rows / tokens that count.
 * :func:`dmpo_weights`, :func:`ess`, :func:`ess_temperature`, :func:`denoising_cross_entropy`,
   :func:`wdce_loss` — DMPO (arXiv 2510.08233) with the optional PDNS tempering
   (arXiv 2510.03824).
+* :func:`rollout_correction_weights` — truncated / masked importance weights between the rollout
+  sampler's token probabilities and the trained likelihood (TIS / MIS, TRL's
+  ``vllm_importance_sampling_*``), multiplied into the surrogate by the two ratio losses (``weights``).
 * :func:`sandwiched_loss` — SPG (arXiv 2510.09541): ELBO for rows with ``A ≥ 0``, an EUBO (or the
   mixture ``ω·EUBO + (1 − ω)·ELBO``) for ``A < 0``; no ratio by default, GDPO's sequence clip optional.
 """
@@ -42,6 +45,7 @@ LENGTH_MODES = ("padded", "true")
 BASELINES = ("negative_tilt", "mean", "none")
 KL_ESTIMATORS = ("token_k3", "sequence_k3", "sequence_k2", "sequence_k2_normalized")
 RATIO_FORMS = ("exp", "bgpo_linear")
+ROLLOUT_CORRECTIONS = ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
 Metrics = dict[str, torch.Tensor]
 
@@ -120,6 +124,7 @@ def clipped_token_loss(
     delta: float | None = None,
     kl_ratio_correction: bool = False,
     keep: torch.Tensor | None = None,  # [B]
+    weights: torch.Tensor | None = None,  # [B, L] or [B], no grad
 ) -> tuple[torch.Tensor, Metrics]:
     """diffu-GRPO's token-level clipped surrogate (d1, arXiv 2504.12216).
 
@@ -131,6 +136,8 @@ def clipped_token_loss(
     ``kl_ratio_correction`` multiplies the per-token k3 by ``ρ`` (with its gradient), TRL's
     ``use_bias_correction_kl`` (DeepSeek-V3.2): the KL gradient then is that of the reverse KL
     under the current policy rather than under the rollout policy.
+    ``weights`` (:func:`rollout_correction_weights`, per token ``[B, L]`` or per row ``[B]``) multiply
+    the clipped surrogate, not the KL term, as TRL applies its importance-sampling correction.
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
@@ -144,6 +151,8 @@ def clipped_token_loss(
     log_ratio = logps - old_logps  # [B, L]
     ratio = torch.exp(log_ratio)
     per_token = _surrogate(ratio, A, lo, hi, delta)  # [B, L]
+    if weights is not None:
+        per_token = per_token * _as_token_weights(weights, logps).detach()
     kl = None
     if beta != 0.0:
         kl = k3_kl(ref_logps, logps)  # [B, L]
@@ -162,6 +171,84 @@ def clipped_token_loss(
         if kl is not None:
             metrics["kl"] = _masked_mean(kl, m)
     return loss, metrics
+
+
+def _as_token_weights(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` or ``[B]`` weights as ``[B, L]``-broadcastable, in ``like``'s dtype."""
+    B, L = like.shape
+    if weights.shape == (B,):
+        weights = weights[:, None]
+    elif weights.shape != (B, L):
+        raise ValueError(f"weights must be [B={B}, L={L}] (per token) or [B={B}] (per row), got {tuple(weights.shape)}")
+    return weights.to(like.dtype)
+
+
+def rollout_correction_weights(
+    old_logps: torch.Tensor,  # [B, L] the trained likelihood of the rollout policy (the loss's old estimate)
+    sampler_logps: torch.Tensor,  # [B, L] each token's log-probability when the sampler committed it (NaN: none)
+    mask: torch.Tensor,  # [B, L] 1 = token counts
+    *,
+    mode: str,
+    clip_min: float | None = None,
+    clip_max: float | None = 3.0,
+) -> tuple[torch.Tensor, Metrics]:
+    """Importance weights from the rollout sampler's distribution to the trained likelihood.
+
+    Log-weight per token ``d_i = old_i − sampler_i`` over valid tokens (0 where the sampler recorded
+    nothing, as TRL does for a missing log-probability). ``mode``:
+
+    * ``"token_truncate"`` — ``min(max(exp(d_i), clip_min), clip_max)`` per token, ``[B, L]``
+      (truncated importance sampling, Yao et al. 2025);
+    * ``"token_mask"`` — ``exp(d_i)``, or 0 where it leaves ``[clip_min, clip_max]``, ``[B, L]``;
+    * ``"sequence_truncate"`` / ``"sequence_mask"`` — the same on one weight per row, ``[B]``, from
+      the **mean** of ``d_i`` over the row's valid tokens (the geometric mean of the token
+      weights). TRL's sequence modes exponentiate the *sum*; for a DLM the trained likelihood
+      of a sequence is an ELBO, a bound whose gap grows with the length, so the sum would put
+      almost every sequence weight near 0. The mean matches GDPO's length-normalised ratio.
+
+    A DLM's sampler does not draw tokens from the distribution the estimators score (it commits a
+    token given the tokens decoded so far, the estimators score it under other masks), so these
+    weights measure the gap between the two as much as off-policyness: look at the logged
+    ``rollout_correction/log_gap_mean`` before relying on them. Returns ``(weights, metrics)``;
+    the weights carry no gradient.
+    """
+    if mode not in ROLLOUT_CORRECTIONS[1:]:
+        raise ValueError(f"mode must be one of {ROLLOUT_CORRECTIONS[1:]}, got {mode!r}")
+    if old_logps.shape != sampler_logps.shape or old_logps.shape != mask.shape:
+        raise ValueError(
+            f"old_logps {tuple(old_logps.shape)}, sampler_logps {tuple(sampler_logps.shape)} and mask "
+            f"{tuple(mask.shape)} must all be [B, L]"
+        )
+    if clip_max is None or not clip_max > 0:
+        raise ValueError(f"{mode} needs clip_max > 0 (the largest weight kept, e.g. 3.0), got {clip_max!r}")
+    if clip_min is not None and not 0 <= clip_min < clip_max:
+        raise ValueError(f"clip_min must be None or in [0, clip_max={clip_max}), got {clip_min!r}")
+    with torch.no_grad():
+        m = mask.bool()
+        d = old_logps.detach().double() - sampler_logps.to(old_logps.device).double()  # [B, L]
+        d = torch.where(m & torch.isfinite(d), d, torch.zeros_like(d))
+        if mode.startswith("token"):
+            log_w, counts = d, m  # [B, L]
+        else:
+            log_w = d.sum(1) / m.sum(1).clamp(min=1)  # [B] mean over valid tokens
+            counts = m.any(1)  # [B]
+        raw = torch.exp(log_w)
+        lo = -torch.inf if clip_min is None else float(clip_min)
+        hi = float(clip_max)
+        if mode.endswith("truncate"):
+            w = raw.clamp(min=lo, max=hi)
+        else:
+            w = torch.where((raw >= lo) & (raw <= hi), raw, torch.zeros_like(raw))
+        changed = (w != raw) & counts
+        metrics = {
+            "rollout_correction/log_gap_mean": _masked_mean(d, m),
+            "rollout_correction/weight_mean": _masked_mean(w, counts),
+            "rollout_correction/weight_min": w[counts].min() if counts.any() else w.new_ones(()),
+            "rollout_correction/weight_max": w[counts].max() if counts.any() else w.new_ones(()),
+            "rollout_correction/changed_frac": _masked_mean(changed.double(), counts),
+        }
+        metrics = {k: v.float() for k, v in metrics.items()}
+        return w.to(old_logps.dtype), metrics
 
 
 def sequence_lengths(mask: torch.Tensor, length: str = "padded") -> torch.Tensor:
@@ -190,6 +277,7 @@ def sequence_clipped_loss(
     ratio_form: str = "exp",
     draw_logps: torch.Tensor | None = None,  # [B, D] per-draw sequence estimates, current policy (grad)
     old_draw_logps: torch.Tensor | None = None,  # [B, D] the same draws, rollout policy
+    weights: torch.Tensor | None = None,  # [B], no grad
 ) -> tuple[torch.Tensor, Metrics]:
     """GDPO's sequence-level clipped surrogate (arXiv 2510.08554).
 
@@ -232,6 +320,9 @@ def sequence_clipped_loss(
       memory for either form). No clip is applied (BGPO trains on-policy, μ = 1); ``epsilon``
       only sets the clip metrics. Without per-draw values the ``A < 0`` branch uses the row's
       estimate as its single draw, ``A·exp(x̄)`` — then the bound is exact there.
+
+    ``weights`` ``[B]`` (:func:`rollout_correction_weights` in a sequence mode) multiply each row's
+    surrogate, not its KL term.
     """
     if beta != 0.0 and ref_logps is None:
         raise ValueError("beta != 0 needs ref_logps")
@@ -268,6 +359,12 @@ def sequence_clipped_loss(
         else:
             upper = ratio  # [B] one draw: exact
         per_seq = -torch.where(A >= 0, A * (1.0 + log_ratio), A * upper)  # [B]
+    if weights is not None:
+        if weights.shape != (B,):
+            raise ValueError(
+                f"weights must be [B={B}] (one per sequence: a sequence_* rollout correction), got {tuple(weights.shape)}"
+            )
+        per_seq = per_seq * weights.to(per_seq.dtype).detach()
     kl = None
     if beta != 0.0:
         if kl_estimator == "token_k3":

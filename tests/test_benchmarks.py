@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -248,6 +249,22 @@ def test_rollout_speed_end_to_end_small(tmp_path, capsys):
     assert "| thr0.9+dual |" in table and "| plain |" in table
     data = json.loads(out.with_suffix(".json").read_text())["results"]
     assert data["plain"]["speed"]["8"]["nfe"] == 24.0 and data["thr0.9+dual"]["speed"]["8"]["nfe"] < 24
+
+
+@pytest.mark.skipif(not (ROOT / "dlm_trl" / "models" / "tiny" / "checkpoint" / "model.safetensors").exists(),
+                    reason="embedded checkpoint missing")
+def test_rollout_correction_gap_small(tmp_path):
+    gap = _load_benchmark("rollout_correction_gap")
+    out = tmp_path / "gap"
+    gap.main(["--prompts", "1", "--threads", "1", "--out", str(out)])
+    results = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert len(results) == len(gap.DECODERS) * len(gap.ESTIMATORS)
+    for r in results.values():
+        assert math.isfinite(r["gap_token_mean"]) and r["commit_logprob_mean"] <= 0
+        for mode in ("token_truncate", "sequence_truncate"):
+            assert 1 / 3 - 1e-6 <= r[f"{mode}/weight_mean"] <= 3 + 1e-6
+            assert 0 <= r[f"{mode}/changed_frac"] <= 1
+    assert "| plain | one_step_unmasking (diffu-GRPO) |" in out.with_suffix(".md").read_text()
 
 
 def test_guidance_sweep_settings_and_report(tmp_path):

@@ -296,6 +296,7 @@ class _DLMTrainerBase(
         self._last_rewards: torch.Tensor | None = None  # [N, F] rewards of the last rollout, all processes
         self._flat_rows: torch.Tensor | None = None  # [N] bool: row of a flat group (last rollout, all processes)
         self._rollout = None
+        self._rollout_correction_asked, self._rollout_correction_metrics = False, None  # per loss call
         self._active_mask_seeds: torch.Tensor | None = None
         self._estimating_seeds: torch.Tensor | None = None
         self._trl_logps_off = False
@@ -445,6 +446,13 @@ class _DLMTrainerBase(
         out["completion_ids"], out["completion_mask"] = completion_ids, completion_mask
         out["num_items_in_batch"] = self.accelerator.gather(completion_mask.sum()).sum()
         out["mask_seeds"] = self._make_mask_seeds(completion_ids.shape[0])  # [B, μ]
+        if self.args.rollout_correction != "none":
+            if rollout.commit_logprob is None:
+                raise RuntimeError(
+                    f"rollout_correction={self.args.rollout_correction!r} needs the sampler's per-token "
+                    "log-probabilities, but this rollout recorded none (SamplerOutput.commit_logprob is None)"
+                )
+            out["sampler_logps"] = rollout.commit_logprob.to(device).float()  # [B, L] NaN where none
         t_score = time.perf_counter()
         with torch.no_grad():
             self._score_rollout(out)
@@ -559,7 +567,16 @@ class _DLMTrainerBase(
                 batch[key] = value[:, k]
         if k == 0 and (self._iteration0_on_policy or mode == "eval"):
             batch["old_per_token_logps"] = None  # the current estimate, detached
+        self._rollout_correction_asked, self._rollout_correction_metrics = False, None
         loss, metrics = self.compute_policy_loss(model, batch)
+        if self.args.rollout_correction != "none":
+            if not self._rollout_correction_asked:
+                raise RuntimeError(
+                    f"{type(self).__name__}.compute_policy_loss ignores rollout_correction="
+                    f"{self.args.rollout_correction!r}: call self.rollout_correction(inputs, old_logps) and pass the "
+                    "weights to the loss, or set rollout_correction='none'"
+                )
+            metrics = {**metrics, **(self._rollout_correction_metrics or {})}
         loss = self._check_finite_loss(loss, metrics, k)
         if mode == "train":
             loss = loss / self.current_gradient_accumulation_steps

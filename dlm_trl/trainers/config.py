@@ -13,10 +13,11 @@ from __future__ import annotations
 import difflib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from trl import GRPOConfig
 
+from ..losses import ROLLOUT_CORRECTIONS
 from ..models import FAMILIES
 from ..registry import PluginNotFoundError, load_estimator
 from ..sampling import AFTER_EOS, REMASKING_STRATEGIES, SamplerConfig, rollout_overrides
@@ -170,6 +171,24 @@ class DLMConfig(GRPOConfig):
         default=None,
         metadata={"help": "With a rollout cache, rebuild it by a full forward every this many steps inside a block."},
     )
+    rollout_correction: str = field(
+        default="none",
+        metadata={
+            "help": f"Importance correction between the rollout sampler and the trained likelihood, one of "
+            f"{ROLLOUT_CORRECTIONS} (TRL's vllm_importance_sampling_mode, for the diffusion sampler): the loss's "
+            "surrogate is multiplied by exp(old estimate - the log-probability each token had when the sampler "
+            "committed it), truncated to [rollout_correction_min, rollout_correction_max] ('*_truncate') or set to "
+            "0 outside it ('*_mask'); per token ('token_*', token-level losses: diffu-GRPO) or per sequence from "
+            "the mean over tokens ('sequence_*': diffu-GRPO, GDPO). dlm_trl.losses.rollout_correction_weights. "
+            "'none' (default, as the papers)."
+        },
+    )
+    rollout_correction_min: float | None = field(
+        default=None, metadata={"help": "Smallest importance weight kept (None: no lower bound)."}
+    )
+    rollout_correction_max: float = field(
+        default=3.0, metadata={"help": "Largest importance weight kept (TRL's default cap: 3.0)."}
+    )
     drop_flat_groups: bool = field(
         default=False,
         metadata={
@@ -279,6 +298,9 @@ class DLMConfig(GRPOConfig):
         },
     )
 
+    # Levels ("token", "sequence") of rollout_correction the trainer's loss applies; a trainer config narrows it.
+    _ROLLOUT_CORRECTION_LEVELS: ClassVar[tuple[str, ...]] = ("token", "sequence")
+
     # Options of GRPOConfig that the DLM trainers do not implement: their neutral values and what to do instead.
     _SAMPLER = (
         "the diffusion sampler has no such option (its knobs: temperature, remasking, schedule, block_length, "
@@ -345,6 +367,7 @@ class DLMConfig(GRPOConfig):
         if self.nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {self.nonfinite!r}")
         self._check_curriculum()
+        self._check_rollout_correction()
         if self.beta != 0.0 and self.reference == "none":
             raise ValueError(
                 f"beta={self.beta} needs a reference policy but reference='none'; set reference='initial' "
@@ -382,6 +405,33 @@ class DLMConfig(GRPOConfig):
             raise ValueError(
                 f"estimator {self.estimator!r} does not accept estimator_kwargs={self.estimator_kwargs}: {err}"
             ) from None
+
+    def _check_rollout_correction(self) -> None:
+        mode = self.rollout_correction
+        if mode not in ROLLOUT_CORRECTIONS:
+            close = difflib.get_close_matches(str(mode), ROLLOUT_CORRECTIONS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown rollout_correction={mode!r}; choose one of {list(ROLLOUT_CORRECTIONS)}.{hint}")
+        if mode == "none":
+            return
+        level = mode.split("_")[0]
+        if level not in self._ROLLOUT_CORRECTION_LEVELS:
+            if self._ROLLOUT_CORRECTION_LEVELS:
+                allowed = [m for m in ROLLOUT_CORRECTIONS if m.split("_")[0] in self._ROLLOUT_CORRECTION_LEVELS]
+                fix = (
+                    f"this trainer's loss takes {' / '.join(self._ROLLOUT_CORRECTION_LEVELS)}-level weights only, "
+                    f"not {level}-level ones; use one of {allowed} or 'none'"
+                )
+            else:
+                fix = "this trainer's loss has no importance ratio to correct; leave rollout_correction='none'"
+            raise self._unsupported("rollout_correction", mode, fix)
+        cmax, cmin = self.rollout_correction_max, self.rollout_correction_min
+        if cmax is None or not cmax > 0:
+            raise ValueError(f"rollout_correction_max must be > 0 (e.g. 3.0), got {cmax!r}")
+        if cmin is not None and not 0 <= cmin < cmax:
+            raise ValueError(
+                f"rollout_correction_min must be None or in [0, rollout_correction_max={cmax}), got {cmin!r}"
+            )
 
     def _check_curriculum(self) -> None:
         if self.curriculum not in CURRICULA:

@@ -14,6 +14,9 @@ clipping: the unclipped ratio capped at δ), ``use_bias_correction_kl`` (k3 time
 off by default, as in d1), ``loss_type`` ``bnpo`` / ``grpo`` / ``dr_grpo``. Logged for every
 micro-batch: ``ratio/mean``, ``clip_ratio/{low,high,region}_mean``, ``log_ratio/abs_mean`` and
 ``log_ratio/abs_max`` (per valid token; all trivial at μ = 1, where every ratio is 1), ``kl``.
+``rollout_correction`` (``token_*`` or ``sequence_*``, off by default) weights the surrogate by truncated or
+masked importance weights from the sampler's commit-time token probabilities to the one-step estimate
+(``rollout_correction/*`` metrics; :func:`dlm_trl.losses.rollout_correction_weights`).
 
 Hooks: everything in :class:`~dlm_trl.trainers._base._DLMTrainerBase` (``_generate_single_turn``,
 ``_generate_and_score_completions``, ``_get_per_token_logps_and_entropies``, ``_compute_loss``,
@@ -110,6 +113,7 @@ class DiffuGRPOTrainer(_DLMTrainerBase):
             delta=self.args.delta,
             kl_ratio_correction=self.args.use_bias_correction_kl,
             keep=inputs.get("keep_rows"),
+            weights=self.rollout_correction(inputs, old),
         )
 
 

@@ -38,6 +38,7 @@ overrides the base's ``_score_rollout`` (adds the weights to TRL's batch as
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -60,6 +61,8 @@ WDCE_STREAM = 0x5744
 @dataclass
 class DMPOConfig(DLMConfig):
     """Configuration of :class:`DMPOTrainer`; defaults follow the paper."""
+
+    _ROLLOUT_CORRECTION_LEVELS: ClassVar[tuple[str, ...]] = ()  # WDCE has no importance ratio to correct
 
     estimator: str = field(
         default="sdmc_elbo",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..losses import rollout_correction_weights
 from ..registry import ESTIMATORS
 from ..registry import load as load_plugin
 from .config import DLMConfig
@@ -54,6 +55,29 @@ class _EstimationMixin:
         """The rollout policy's estimate ``[B, L]`` on this iteration's masks (``logps.detach()`` when on-policy)."""
         old = inputs.get("old_per_token_logps")
         return logps.detach() if old is None else old
+
+    def rollout_correction(self, inputs: dict, old_logps: torch.Tensor) -> torch.Tensor | None:
+        """Importance weights of ``args.rollout_correction`` for this micro-batch (``[B, L]`` per token,
+        ``[B]`` per sequence, no grad), or ``None`` when it is ``"none"``; pass them to the loss as
+        ``weights=``. ``old_logps`` is the loss's old estimate (:meth:`old_logps`); the sampler's
+        log-probabilities come from the rollout (``inputs["sampler_logps"]``). Its metrics are logged
+        with the loss's. A ``compute_policy_loss`` that ignores a requested correction fails loudly."""
+        self._rollout_correction_asked = True
+        mode = self.args.rollout_correction
+        if mode == "none":
+            return None
+        sampler = inputs.get("sampler_logps")
+        if sampler is None:
+            raise RuntimeError(
+                f"rollout_correction={mode!r} needs the sampler's per-token log-probabilities "
+                "(inputs['sampler_logps'], stored from SamplerOutput.commit_logprob), but this batch has none"
+            )
+        weights, metrics = rollout_correction_weights(
+            old_logps, sampler, inputs["completion_mask"], mode=mode,
+            clip_min=self.args.rollout_correction_min, clip_max=self.args.rollout_correction_max,
+        )
+        self._rollout_correction_metrics = metrics
+        return weights
 
     def compute_policy_loss(self, model, inputs: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of one micro-batch → ``(loss, metrics)``; override this to change the objective.

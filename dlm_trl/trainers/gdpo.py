@@ -28,6 +28,12 @@ fewer when the first iteration is on-policy) — or ``"fixed"`` keeps one set, s
 estimate costs N forwards. Old, reference and current always share the iteration's masks, so
 the ratio of the first inner step is exactly 1.
 
+``rollout_correction`` (``sequence_truncate`` / ``sequence_mask``; off by default) weights each row's
+surrogate by exp of the mean, over its valid tokens, of (the old ELBO contribution − the token's
+log-probability when the sampler committed it), truncated or masked to ``[rollout_correction_min,
+rollout_correction_max]`` (:func:`dlm_trl.losses.rollout_correction_weights`). Token modes are
+refused: the ratio is per sequence.
+
 Hooks: the base's (``_generate_single_turn``, ``_generate_and_score_completions``,
 ``_get_per_token_logps_and_entropies``, ``_compute_loss``, ``_send_telemetry``); this class only
 implements :meth:`GDPOTrainer.compute_policy_loss`.
@@ -39,6 +45,7 @@ no-grad pass); ``use_bias_correction_kl`` (refused).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..losses import KL_ESTIMATORS, LENGTH_MODES, RATIO_FORMS, sequence_clipped_loss
 from ._base import DLMConfig, _check_delta, _DLMTrainerBase
@@ -51,6 +58,9 @@ TRL_EPSILON = 0.2
 class GDPOConfig(DLMConfig):
     """Configuration of :class:`GDPOTrainer`; defaults follow the paper (LLaDA-8B-Instruct, LoRA)
     except ``sequence_epsilon`` (a clip range that binds) and ``kl_estimator`` (per token)."""
+
+    # One ratio per sequence: rollout_correction weights per sequence only.
+    _ROLLOUT_CORRECTION_LEVELS: ClassVar[tuple[str, ...]] = ("sequence",)
 
     estimator: str = field(
         default="sdmc_elbo",
@@ -208,6 +218,7 @@ class GDPOTrainer(_DLMTrainerBase):
             delta=self.args.delta,
             keep=inputs.get("keep_rows"),
             ratio_form=self.args.ratio_form,
+            weights=self.rollout_correction(inputs, old),
         )
 
 

@@ -37,6 +37,7 @@ max_grad_norm 0.2, weight decay 0.1, Adam β₂ 0.99.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -54,6 +55,8 @@ _OWNED_KWARGS = {"beta": "spg_beta", "masking": "spg_masking", "num_samples": "s
 @dataclass
 class SPGConfig(DLMConfig):
     """Configuration of :class:`SPGTrainer`; defaults follow the paper's reference scripts (SPG w/ Mixture)."""
+
+    _ROLLOUT_CORRECTION_LEVELS: ClassVar[tuple[str, ...]] = ()  # not implemented for the sandwiched loss
 
     estimator: str = field(
         default="eubo",
