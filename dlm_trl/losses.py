@@ -183,6 +183,14 @@ def _as_token_weights(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor
     return weights.to(like.dtype)
 
 
+def check_correction_bounds(clip_min: float | None, clip_max: float | None, prefix: str = "clip_") -> None:
+    """``clip_max > 0`` and ``clip_min`` None or in ``[0, clip_max)`` (names in errors: ``prefix`` + min / max)."""
+    if clip_max is None or not clip_max > 0:
+        raise ValueError(f"set {prefix}max > 0 (the largest weight kept, e.g. 3.0), got {clip_max!r}")
+    if clip_min is not None and not 0 <= clip_min < clip_max:
+        raise ValueError(f"{prefix}min must be None or in [0, {prefix}max={clip_max}), got {clip_min!r}")
+
+
 def rollout_correction_weights(
     old_logps: torch.Tensor,  # [B, L] the trained likelihood of the rollout policy (the loss's old estimate)
     sampler_logps: torch.Tensor,  # [B, L] each token's log-probability when the sampler committed it (NaN: none)
@@ -219,10 +227,7 @@ def rollout_correction_weights(
             f"old_logps {tuple(old_logps.shape)}, sampler_logps {tuple(sampler_logps.shape)} and mask "
             f"{tuple(mask.shape)} must all be [B, L]"
         )
-    if clip_max is None or not clip_max > 0:
-        raise ValueError(f"{mode} needs clip_max > 0 (the largest weight kept, e.g. 3.0), got {clip_max!r}")
-    if clip_min is not None and not 0 <= clip_min < clip_max:
-        raise ValueError(f"clip_min must be None or in [0, clip_max={clip_max}), got {clip_min!r}")
+    check_correction_bounds(clip_min, clip_max)
     with torch.no_grad():
         m = mask.bool()
         d = old_logps.detach().double() - sampler_logps.to(old_logps.device).double()  # [B, L]

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from trl import GRPOConfig
 
-from ..losses import ROLLOUT_CORRECTIONS
+from ..losses import ROLLOUT_CORRECTIONS, check_correction_bounds
 from ..models import FAMILIES
 from ..registry import PluginNotFoundError, load_estimator
 from ..sampling import AFTER_EOS, REMASKING_STRATEGIES, SamplerConfig, rollout_overrides
@@ -425,13 +425,7 @@ class DLMConfig(GRPOConfig):
             else:
                 fix = "this trainer's loss has no importance ratio to correct; leave rollout_correction='none'"
             raise self._unsupported("rollout_correction", mode, fix)
-        cmax, cmin = self.rollout_correction_max, self.rollout_correction_min
-        if cmax is None or not cmax > 0:
-            raise ValueError(f"rollout_correction_max must be > 0 (e.g. 3.0), got {cmax!r}")
-        if cmin is not None and not 0 <= cmin < cmax:
-            raise ValueError(
-                f"rollout_correction_min must be None or in [0, rollout_correction_max={cmax}), got {cmin!r}"
-            )
+        check_correction_bounds(self.rollout_correction_min, self.rollout_correction_max, "rollout_correction_")
 
     def _check_curriculum(self) -> None:
         if self.curriculum not in CURRICULA:
